@@ -1,0 +1,42 @@
+# Every target works on a fresh clone: the first one that needs Python creates .venv and installs mopt.
+# On a GPU runner, bring the CUDA stack:  make compare TORCH_SPEC=torch EXTRAS=dev,precision,tensorrt
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch==2.13.0 resolves to the CPU wheel on CPU machines; an unpinned torch pulls several GB of CUDA wheels.
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev,precision,serve
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+REPORT ?= reports/latest
+PYTEST_ARGS ?=
+
+.PHONY: setup test compare bench lint clean checkpoint
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The main job: checkpoint -> export -> simplify -> (TensorRT engine) -> compare -> bench -> report.
+compare: setup
+	$(BIN)/mopt pipeline --checkpoint checkpoints/cvunet.pth --report $(REPORT)
+
+bench: setup
+	$(BIN)/mopt bench --backend torch,onnxruntime --batch 1,8 --size 512x512 --threads 2 --json $(REPORT)/bench.json
+
+# Re-train the bundled checkpoint (about 20 minutes on 2 CPU cores); see README "The bundled checkpoint".
+checkpoint: setup
+	$(BIN)/mopt train --arch cvunet-mbv3-large --synthetic 4000 --size 192x192 --epochs 12 --seed 0 -o checkpoints/cvunet.pth
+
+lint: setup
+	$(BIN)/ruff check optimize architectures tests
+
+clean:
+	rm -rf $(VENV) engines/*.onnx engines/*.plan engines/*.json reports

@@ -1,0 +1,194 @@
+"""Latency, throughput, memory and cost of every backend x batch x size, measured in one run.
+
+Numbers from one run are comparable with each other (same machine, same load); ratios between them are
+what the docs report. Nothing here asserts a speed: tests check the bookkeeping, not the clock.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from optimize import __version__
+from optimize.backends import InferenceBackend, ModelSources, backend_spec
+from optimize.errors import MoptError
+
+
+@dataclass
+class BenchResult:
+    backend: str
+    name: str
+    device: str
+    precision: str
+    batch: int
+    height: int
+    width: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    images_per_s: float
+    peak_mem_mb: float | None
+    cost_per_1k_images_usd: float | None
+    iterations: int
+
+
+@dataclass
+class BenchReport:
+    machine: dict
+    results: list[BenchResult] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # [{"backend": str, "reason": str, ...}]
+    settings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "machine": self.machine,
+            "settings": self.settings,
+            "results": [asdict(r) for r in self.results],
+            "skipped": self.skipped,
+        }
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass  # not Linux: platform.processor() below is the best there is
+    return platform.processor() or platform.machine()
+
+
+def machine_info(threads: int | None = None) -> dict:
+    """What the numbers were measured on: CPU, cores, threads used, library versions, GPU if any."""
+    import onnxruntime
+    import torch
+
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "threads": threads or torch.get_num_threads(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "mopt": __version__,
+        "gpu": None,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def summarize(times_ms: Sequence[float], batch: int, price_per_hour: float | None) -> dict:
+    """Percentiles of per-call latency, throughput at the median, and cost per 1000 images."""
+    t = np.asarray(times_ms, dtype=np.float64)
+    if t.size == 0 or not np.all(np.isfinite(t)) or np.any(t <= 0):
+        raise MoptError("benchmark produced no valid timings")
+    p50, p90, p99 = (float(np.percentile(t, q)) for q in (50, 90, 99))
+    images_per_s = batch / (p50 / 1e3)
+    cost = None if price_per_hour is None else price_per_hour / 3600.0 / images_per_s * 1000.0
+    return {
+        "p50_ms": p50,
+        "p90_ms": p90,
+        "p99_ms": p99,
+        "mean_ms": float(t.mean()),
+        "images_per_s": images_per_s,
+        "cost_per_1k_images_usd": cost,
+    }
+
+
+def measure_backend(
+    backend: InferenceBackend,
+    batch: int,
+    height: int,
+    width: int,
+    warmup: int,
+    iterations: int,
+    price_per_hour: float | None = None,
+) -> BenchResult:
+    """Time one backend at one input shape (random normal input: zeros can run unrealistically fast)."""
+    x = np.random.default_rng(0).standard_normal((batch, 3, height, width)).astype(np.float32)
+    backend.reset_peak_memory()
+    times = backend.time_inference(x, warmup, iterations)
+    return BenchResult(
+        backend=backend.backend,
+        name=backend.name,
+        device=backend.device,
+        precision=backend.precision,
+        batch=batch,
+        height=height,
+        width=width,
+        peak_mem_mb=backend.peak_memory_mb(),
+        iterations=len(times),
+        **summarize(times, batch, price_per_hour),
+    )
+
+
+def bench_from_sources(
+    sources: ModelSources,
+    backends: Sequence[str],
+    batches: Sequence[int],
+    sizes: Sequence[tuple[int, int]],
+    warmup: int = 3,
+    iterations: int = 20,
+    price_per_hour: float | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> BenchReport:
+    """Measure every available backend at every batch x size; unavailable ones are listed with the reason.
+
+    Args:
+        sources: checkpoint / ONNX files / engine the backends are built from.
+        backends: registry names, e.g. ``["torch", "onnxruntime"]``.
+        batches: batch sizes.
+        sizes: (height, width) pairs.
+        warmup: untimed calls before each measurement.
+        iterations: timed calls per measurement.
+        price_per_hour: instance price in USD, for the cost per 1000 images.
+        on_step: called with a label before each measurement (progress display).
+    """
+    if warmup < 0 or iterations < 1:
+        raise MoptError(f"--warmup must be >= 0 and --iterations >= 1 (got {warmup}, {iterations})")
+    specs = [backend_spec(name) for name in backends]  # unknown names fail before any work
+    report = BenchReport(
+        machine=machine_info(sources.threads),
+        settings={"warmup": warmup, "iterations": iterations, "price_per_hour": price_per_hour},
+    )
+    for spec in specs:
+        reason = spec.unavailable_reason(sources)
+        if reason:
+            report.skipped.append({"backend": spec.name, "reason": reason})
+            continue
+        for backend in spec.create(sources):
+            with backend:
+                for batch in batches:
+                    for height, width in sizes:
+                        if on_step:
+                            on_step(f"{backend.name} batch {batch} {height}x{width}")
+                        try:
+                            result = measure_backend(backend, batch, height, width, warmup, iterations, price_per_hour)
+                        except MoptError as exc:  # e.g. a shape outside a TensorRT engine's profile
+                            report.skipped.append(
+                                {"backend": backend.name, "batch": batch, "height": height, "width": width, "reason": str(exc)}
+                            )
+                            continue
+                        report.results.append(result)
+    return report
+
+
+def speedups(results: Sequence[BenchResult], baseline_backend: str = "torch") -> list[dict]:
+    """Median-latency ratio of each result against the baseline backend at the same batch and size."""
+    base = {(r.batch, r.height, r.width): r for r in results if r.backend == baseline_backend}
+    rows = []
+    for r in results:
+        ref = base.get((r.batch, r.height, r.width))
+        if ref is not None and r is not ref:
+            rows.append({"name": r.name, "batch": r.batch, "size": f"{r.height}x{r.width}", "speedup": ref.p50_ms / r.p50_ms})
+    return rows

@@ -1,0 +1,49 @@
+"""``mopt info``: parameters, GFLOPs and encoder channels of a checkpoint or an architecture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+import architectures
+from optimize.checkpoint import load_checkpoint
+from optimize.cli.common import ArchOption, console
+from optimize.errors import MoptError
+from optimize.modelinfo import info_from_model
+from optimize.shapes import parse_size
+
+app = typer.Typer()
+
+
+@app.command("info")
+def info(
+    checkpoint: Annotated[Path | None, typer.Argument(dir_okay=False, help="Checkpoint to describe.")] = None,
+    arch: ArchOption = None,
+    size: Annotated[str, typer.Option("--size", help="Input H x W for the GFLOPs count.")] = "512x512",
+    list_models: Annotated[bool, typer.Option("--list", help="List the registered architectures.")] = False,
+) -> None:
+    """Print parameters, GFLOPs at --size and encoder channels per stage."""
+    if list_models:
+        for name in architectures.list_models():
+            console.print(f"{name:20} {architectures.model_entry(name).description}")
+        return
+    height, width = parse_size(size)
+    if checkpoint is not None:
+        loaded = load_checkpoint(checkpoint, arch=arch)
+        model, source = loaded.model, f"{checkpoint} (sha256 {loaded.sha256[:12]})"
+    elif arch is not None:
+        model, source = architectures.create_model(arch), "random initialisation"
+    else:
+        raise MoptError("give a CHECKPOINT or --arch NAME (see `mopt info --list`)")
+    result = info_from_model(model, height, width)
+    table = Table(title=f"{result.arch} — {source}", show_header=False)
+    table.add_row("parameters", f"{result.parameters:,} ({result.parameters / 1e6:.2f} M)")
+    table.add_row("weights (FP32)", f"{result.size_mb_fp32:.1f} MiB")
+    table.add_row(f"GFLOPs at {height}x{width}", f"{result.gflops:.2f}")
+    if result.encoder_channels:
+        stages = ", ".join(f"/{s}: {c}" for s, c in zip(result.encoder_strides, result.encoder_channels))
+        table.add_row("encoder channels", stages)
+    console.print(table)

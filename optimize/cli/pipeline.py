@@ -1,0 +1,56 @@
+"""``mopt pipeline``: the main job behind ``make compare``, end to end on the bundled checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from optimize.cli.common import DEFAULT_CHECKPOINT_PATH, CheckpointOption, ThreadsOption, console
+from optimize.pipeline import PipelineSettings, Stage, run_pipeline
+from optimize.shapes import parse_ints, parse_size, parse_sizes
+
+app = typer.Typer()
+
+STATUS_STYLE = {"ok": "[green]ok", "skipped": "[yellow]skipped", "failed": "[red]FAILED", "pending": "[dim]..."}
+
+
+def show_stage(stage: Stage) -> None:
+    if stage.status == "pending":
+        console.print(f"[dim]-> {stage.name}")
+    else:
+        console.print(f"   {STATUS_STYLE[stage.status]}[/] {stage.name} ({stage.seconds:.1f} s): {stage.detail}")
+
+
+@app.command("pipeline")
+def pipeline(
+    checkpoint: CheckpointOption = DEFAULT_CHECKPOINT_PATH,
+    report: Annotated[Path, typer.Option("--report", file_okay=False, help="Report folder.")] = Path("reports/latest"),
+    images: Annotated[Path | None, typer.Option("--images", file_okay=False, help="Real images for compare and INT8 calibration.")] = None,
+    size: Annotated[str, typer.Option("--size", help="H x W for compare.")] = "512x512",
+    bench_batch: Annotated[str, typer.Option("--bench-batch", help="Batch sizes to bench.")] = "1,8",
+    bench_size: Annotated[str, typer.Option("--bench-size", help="Sizes to bench.")] = "512x512",
+    iterations: Annotated[int, typer.Option("--iterations", min=1, help="Timed runs per measurement.")] = 10,
+    threads: ThreadsOption = None,
+    price_per_hour: Annotated[float | None, typer.Option("--price-per-hour", min=0, help="Instance price, USD/h.")] = None,
+) -> None:
+    """Export, simplify, convert (FP16/INT8), build the TensorRT engine where possible, compare, bench, report."""
+    settings = PipelineSettings(
+        checkpoint=checkpoint,
+        report_dir=report,
+        size=parse_size(size),
+        bench_batches=tuple(parse_ints(bench_batch, "--bench-batch")),
+        bench_sizes=tuple(parse_sizes(bench_size)),
+        iterations=iterations,
+        threads=threads,
+        calibration_images=images,
+        price_per_hour=price_per_hour,
+    )
+    state = run_pipeline(settings, on_stage=show_stage)
+    console.print(f"report: {report / 'summary.md'}, {report / 'latency.png'}")
+    if not state.passed:
+        failed = [s.name for s in state.stages if s.status == "failed"]
+        console.print(f"[red]pipeline failed[/]: {', '.join(failed) or 'compare out of tolerance'}")
+        raise typer.Exit(1)
+    console.print("[green]pipeline passed")

@@ -1,0 +1,244 @@
+"""Accuracy comparison: PyTorch FP32 is the reference, every optimized model is a candidate.
+
+Polygraphy's ``Comparator`` runs the runners and checks element-wise tolerances; mopt adds the matte
+metrics, which say whether a difference is visible to a user, and a MAD budget per precision. A candidate
+passes when every element is within ``atol + rtol * |ref|``, its MAD is within budget and it produced no
+NaN or Inf.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from polygraphy.comparator import Comparator
+from polygraphy.comparator.compare import SimpleCompareFunc
+from polygraphy.logger import G_LOGGER
+
+from optimize.backends import InferenceBackend, ModelSources, backend_names, backend_spec
+from optimize.checkpoint import Normalization
+from optimize.errors import MoptError
+from optimize.export import INPUT_NAME, OUTPUT_NAME
+from optimize.images import inputs_from_folder, synthetic_inputs
+from optimize.metrics import matte_metrics
+from optimize.runners import BackendRunner
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """What a candidate of one precision must meet against the FP32 reference.
+
+    Attributes:
+        atol: absolute tolerance per alpha value.
+        rtol: relative tolerance per alpha value (of the reference).
+        mad: budget for the mean absolute difference over all pixels.
+    """
+
+    atol: float
+    rtol: float
+    mad: float
+
+
+# FP32: kernels differ only in summation order. FP16: a few 8-bit alpha steps (1/255 = 3.9e-3) at the
+# worst pixel, a fraction of a step on average. INT8: edges move by tens of levels, the mean must stay
+# within 1e-2 (the quantization acceptance bar).
+PRECISION_TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(atol=1e-4, rtol=1e-3, mad=1e-5),
+    "fp16": Tolerance(atol=1e-2, rtol=0.0, mad=1e-3),
+    "int8": Tolerance(atol=0.5, rtol=0.0, mad=1e-2),
+}
+
+
+@dataclass
+class Candidate:
+    """A model to compare: how to build its backend, its label and precision."""
+
+    name: str
+    precision: str
+    make_backend: Callable[[], InferenceBackend]
+
+
+@dataclass
+class CandidateResult:
+    name: str
+    precision: str
+    passed: bool
+    atol: float
+    rtol: float
+    mad_budget: float
+    max_abs: float
+    mean_abs: float
+    mad: float
+    mse: float
+    sad: float
+    grad: float
+    conn: float
+    iou: float
+    nonfinite: int
+    inference_ms: float
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CompareReport:
+    passed: bool
+    reference: str
+    candidates: list[CandidateResult]
+    inputs: dict
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "reference": self.reference,
+            "inputs": self.inputs,
+            "tolerances": {k: asdict(v) for k, v in PRECISION_TOLERANCES.items()},
+            "candidates": [asdict(c) for c in self.candidates],
+        }
+
+
+def tolerance_for(precision: str, overrides: dict[str, Tolerance] | None = None) -> Tolerance:
+    table = {**PRECISION_TOLERANCES, **(overrides or {})}
+    if precision not in table:
+        raise MoptError(f"no tolerance for precision {precision!r}; known: {', '.join(table)}")
+    return table[precision]
+
+
+def _metrics_over_batches(preds: list[np.ndarray], refs: list[np.ndarray]) -> dict[str, float]:
+    """Matte metrics averaged over every image of every batch (NaN-free outputs only)."""
+    per_image = [matte_metrics(p[i, 0], r[i, 0]) for p, r in zip(preds, refs) for i in range(p.shape[0])]
+    keys = ("mad", "mse", "sad", "grad", "conn", "iou")
+    return {k: float(np.mean([getattr(m, k) for m in per_image])) for k in keys}
+
+
+def compare_models(
+    reference: Candidate,
+    candidates: Sequence[Candidate],
+    inputs: Sequence[np.ndarray],
+    tolerances: dict[str, Tolerance] | None = None,
+    input_description: dict | None = None,
+) -> CompareReport:
+    """Run every model on the same inputs with Polygraphy and judge each candidate against the reference.
+
+    Args:
+        reference: the FP32 PyTorch model (or whatever the caller trusts).
+        candidates: optimized models; names must be unique.
+        inputs: batches of preprocessed images, each N x 3 x H x W float32.
+        tolerances: per-precision overrides of :data:`PRECISION_TOLERANCES`.
+        input_description: what the inputs were (folder, size, batch), kept in the report.
+    """
+    if not candidates:
+        raise MoptError("nothing to compare: give an ONNX model (--onnx) or an engine (--engine)")
+    names = [reference.name] + [c.name for c in candidates]
+    if len(set(names)) != len(names):
+        raise MoptError(f"candidate names must be unique, got {names}")
+    runners = [BackendRunner(c.make_backend, c.name) for c in [reference, *candidates]]
+    feeds = [{INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)} for x in inputs]
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # mopt prints its own summary
+        run_results = Comparator.run(runners, data_loader=feeds)
+    ref_outputs = [it[OUTPUT_NAME] for it in run_results[reference.name]]
+
+    results = []
+    for index, cand in enumerate(candidates, start=1):
+        tol = tolerance_for(cand.precision, tolerances)
+        iterations = run_results[cand.name]
+        outputs = [np.asarray(it[OUTPUT_NAME], dtype=np.float32) for it in iterations]
+        nonfinite = int(sum((~np.isfinite(o)).sum() for o in outputs))
+        failures: list[str] = []
+        shapes_ok = all(o.shape == r.shape for o, r in zip(outputs, ref_outputs))
+        if not shapes_ok:
+            failures.append("output shape differs from the reference")
+        with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
+            accuracy = Comparator.compare_accuracy(
+                run_results,
+                comparisons=[(0, index)],
+                compare_func=SimpleCompareFunc(atol=tol.atol, rtol=tol.rtol),
+            )
+        if not bool(accuracy):
+            failures.append(f"elements outside atol={tol.atol:g} rtol={tol.rtol:g}")
+        if nonfinite:
+            failures.append(f"{nonfinite} NaN/Inf values")
+            metrics = dict.fromkeys(("mad", "mse", "sad", "grad", "conn", "iou"), math.nan)
+            max_abs = mean_abs = math.nan
+        elif shapes_ok:
+            diffs = [np.abs(o - r) for o, r in zip(outputs, ref_outputs)]
+            max_abs = float(max(d.max() for d in diffs))
+            mean_abs = float(np.mean([d.mean() for d in diffs]))
+            metrics = _metrics_over_batches(outputs, ref_outputs)
+            if metrics["mad"] > tol.mad:
+                failures.append(f"MAD {metrics['mad']:.2e} over budget {tol.mad:.0e}")
+        else:
+            max_abs = mean_abs = math.nan
+            metrics = dict.fromkeys(("mad", "mse", "sad", "grad", "conn", "iou"), math.nan)
+        times = [it.runtime for it in iterations if it.runtime is not None]
+        results.append(
+            CandidateResult(
+                name=cand.name,
+                precision=cand.precision,
+                passed=not failures,
+                atol=tol.atol,
+                rtol=tol.rtol,
+                mad_budget=tol.mad,
+                max_abs=max_abs,
+                mean_abs=mean_abs,
+                nonfinite=nonfinite,
+                inference_ms=float(np.median(times) * 1e3) if times else math.nan,
+                failures=failures,
+                **metrics,
+            )
+        )
+    return CompareReport(
+        passed=all(r.passed for r in results),
+        reference=reference.name,
+        candidates=results,
+        inputs=input_description or {},
+    )
+
+
+REFERENCE_BACKEND = "torch"
+
+
+def candidates_from_sources(
+    sources: ModelSources, backends: Sequence[str] | None = None
+) -> tuple[list[Candidate], list[dict]]:
+    """Build a candidate for every model each available backend can run; list the skipped backends.
+
+    Args:
+        sources: the artifacts to build backends from.
+        backends: registry names; by default every registered backend but the reference.
+    """
+    candidates, skipped = [], []
+    for name in backends or [n for n in backend_names() if n != REFERENCE_BACKEND]:
+        spec = backend_spec(name)
+        reason = spec.unavailable_reason(sources)
+        if reason:
+            skipped.append({"backend": name, "reason": reason})
+            continue
+        for backend in spec.create(sources):
+            candidates.append(Candidate(backend.name, backend.precision, lambda b=backend: b))
+    return candidates, skipped
+
+
+def reference_from_checkpoint(sources: ModelSources) -> Candidate:
+    """PyTorch eager FP32 on the CPU, the model as trained."""
+    return Candidate("torch-cpu-fp32", "fp32", lambda: next(iter(backend_spec(REFERENCE_BACKEND).create(sources))))
+
+
+def batched_inputs(
+    normalization: Normalization,
+    height: int,
+    width: int,
+    batch: int,
+    count: int,
+    images: Path | None = None,
+) -> list[np.ndarray]:
+    """``count`` images (from a folder, else generated composites) at ``height x width``, in batches."""
+    if count < 1 or batch < 1:
+        raise MoptError(f"--count and --batch must be positive (got {count}, {batch})")
+    if images is not None:
+        x = inputs_from_folder(images, normalization, height, width, limit=count)
+    else:
+        x = synthetic_inputs(count, height, width, normalization)
+    return [x[i : i + batch] for i in range(0, len(x), batch)]

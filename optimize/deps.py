@@ -1,0 +1,60 @@
+"""Lazy imports of the heavy optional dependencies.
+
+TensorRT, ModelOpt, PyTriton and CUDA Python are optional extras: importing mopt must never need them, and
+a missing one must become a :class:`MoptError` that names the extra to install, never an ImportError
+traceback or an import-time exit.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from optimize.errors import MoptError
+
+# module -> (extra that provides it, what it is for). Keep the hints free of package-index host names.
+OPTIONAL_MODULES: dict[str, tuple[str, str]] = {
+    "tensorrt": ("tensorrt", "building and running TensorRT engines (needs an NVIDIA GPU and driver)"),
+    "modelopt": ("precision", "FP16 graph conversion and INT8 quantization (NVIDIA ModelOpt)"),
+    "modelopt.onnx.autocast": ("precision", "FP16 graph conversion (NVIDIA ModelOpt AutoCast)"),
+    "modelopt.onnx.quantization": ("precision", "INT8 quantization (NVIDIA ModelOpt)"),
+    "pytriton": ("serve", "serving with Triton Inference Server (nvidia-pytriton)"),
+    "tritonclient": ("serve", "Triton client and model-config protobufs"),
+    "cuda": ("tensorrt", "CUDA memory management for the TensorRT runner (cuda-python)"),
+    "onnxsim": ("", "graph simplification"),
+    "polygraphy": ("", "model comparison"),
+}
+
+
+def install_hint(module: str) -> str:
+    """The pip command that provides ``module``."""
+    extra = OPTIONAL_MODULES.get(module, ("", ""))[0]
+    return f"pip install 'mopt[{extra}]'" if extra else "pip install mopt"
+
+
+def require(module: str) -> ModuleType:
+    """Import an optional dependency or raise a MoptError that says how to install it.
+
+    Args:
+        module: dotted module name, e.g. ``"tensorrt"`` or ``"modelopt.onnx.autocast"``.
+
+    Returns:
+        The imported module.
+    """
+    try:
+        return importlib.import_module(module)
+    except (ImportError, OSError) as exc:  # OSError: the wheel is there but a shared library is not
+        purpose = OPTIONAL_MODULES.get(module, ("", "this feature"))[1]
+        top = module.split(".")[0]
+        raise MoptError(
+            f"{top} is not installed or failed to import ({exc}); it is needed for {purpose}: {install_hint(module)}"
+        ) from exc
+
+
+def is_available(module: str) -> bool:
+    """Whether ``module`` imports, without raising."""
+    try:
+        importlib.import_module(module)
+    except (ImportError, OSError):
+        return False
+    return True

@@ -1,0 +1,91 @@
+"""The user-facing contract of the `mopt` command: bad input -> one stderr line, exit 1, nothing written."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+MOPT = [sys.executable, "-m", "optimize.cli.main"]
+
+
+def run_mopt(*args, cwd):
+    return subprocess.run([*MOPT, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("mopt: error: ")
+    assert "Traceback" not in result.stderr + result.stdout
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def work(tmp_path):
+    return tmp_path
+
+
+def test_help_lists_commands(work):
+    result = run_mopt("--help", cwd=work)
+    assert result.returncode == 0
+    for command in ("info", "export", "simplify", "compare", "bench", "train", "pipeline"):
+        assert command in result.stdout
+
+
+def test_export_missing_checkpoint(work):
+    assert_one_line_error(run_mopt("export", "nope.pth", cwd=work), "nope.pth", "does not exist")
+    assert not (work / "engines").exists()
+
+
+def test_export_truncated_checkpoint(work, tiny_checkpoint):
+    cut = work / "cut.pth"
+    cut.write_bytes(tiny_checkpoint.read_bytes()[:1000])
+    assert_one_line_error(run_mopt("export", cut, cwd=work), "cut.pth")
+    assert not (work / "engines").exists()
+
+
+def test_export_text_file_and_wrong_arch(work, tiny_checkpoint):
+    text = work / "readme.pth"
+    text.write_text("not a model")
+    assert_one_line_error(run_mopt("export", text, cwd=work), "readme.pth")
+    assert_one_line_error(run_mopt("export", tiny_checkpoint, "--arch", "unet-classic", cwd=work), "cvunet-tiny")
+
+
+def test_export_then_simplify_with_defaults(work, tiny_checkpoint):
+    assert run_mopt("export", tiny_checkpoint, cwd=work).returncode == 0
+    assert (work / "engines" / "tiny.onnx").is_file()
+    result = run_mopt("simplify", cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert (work / "engines" / "tiny.sim.onnx").is_file()
+    assert "nodes" in result.stdout
+
+
+def test_simplify_with_nothing_exported(work):
+    assert_one_line_error(run_mopt("simplify", cwd=work), "mopt export")
+
+
+def test_bad_sizes_and_lists(work, tiny_checkpoint):
+    assert_one_line_error(run_mopt("info", tiny_checkpoint, "--size", "512by512", cwd=work), "512by512")
+    assert_one_line_error(run_mopt("bench", "-c", tiny_checkpoint, "--batch", "0,x", cwd=work), "--batch")
+    assert_one_line_error(run_mopt("info", "--arch", "resnet", cwd=work), "resnet", "cvunet-mbv3-large")
+
+
+def test_info_prints_params_gflops_channels(work, tiny_checkpoint):
+    result = run_mopt("info", tiny_checkpoint, "--size", "97x65", cwd=work)
+    assert result.returncode == 0
+    assert "parameters" in result.stdout and "GFLOPs at 97x65" in result.stdout and "/32:" in result.stdout
+
+
+def test_compare_bad_images_folder(work, tiny_checkpoint, tiny_onnx):
+    empty = work / "empty"
+    empty.mkdir()
+    result = run_mopt("compare", "-c", tiny_checkpoint, "--onnx", tiny_onnx, "--images", empty, "--json", work / "c.json", cwd=work)
+    assert_one_line_error(result, "no images")
+    assert not (work / "c.json").exists()
+
+
+def test_main_module_entry_point_matches_console_script():
+    assert Path(sys.executable).parent.joinpath("mopt").exists()
