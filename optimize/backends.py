@@ -249,6 +249,24 @@ def backend_spec(name: str) -> BackendSpec:
     return _BACKENDS[name]
 
 
+def available_backends(names: list[str], sources: ModelSources, skipped: list[dict]) -> Iterator[InferenceBackend]:
+    """Build, one at a time, every backend the named specs can make from ``sources``.
+
+    A backend that cannot run here — unavailable, or failing to start (a CUDA provider that does not load, an
+    engine built for another GPU) — is appended to ``skipped`` as ``{"backend", "reason"}`` instead of
+    stopping the caller: a report with the rest is worth more than none.
+    """
+    for spec in [backend_spec(name) for name in names]:  # unknown names fail before any work
+        reason = spec.unavailable_reason(sources)
+        if reason:
+            skipped.append({"backend": spec.name, "reason": reason})
+            continue
+        try:
+            yield from spec.create(sources)
+        except MoptError as exc:
+            skipped.append({"backend": spec.name, "reason": str(exc)})
+
+
 def _load_optional_backends() -> None:
     """Import the modules that register GPU backends; they import CUDA libraries only when used."""
     import importlib

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from optimize import __version__
-from optimize.backends import InferenceBackend, ModelSources, backend_spec
+from optimize.backends import InferenceBackend, ModelSources, available_backends
 from optimize.errors import MoptError
 
 
@@ -156,30 +156,24 @@ def bench_from_sources(
     """
     if warmup < 0 or iterations < 1:
         raise MoptError(f"--warmup must be >= 0 and --iterations >= 1 (got {warmup}, {iterations})")
-    specs = [backend_spec(name) for name in backends]  # unknown names fail before any work
     report = BenchReport(
         machine=machine_info(sources.threads),
         settings={"warmup": warmup, "iterations": iterations, "price_per_hour": price_per_hour},
     )
-    for spec in specs:
-        reason = spec.unavailable_reason(sources)
-        if reason:
-            report.skipped.append({"backend": spec.name, "reason": reason})
-            continue
-        for backend in spec.create(sources):
-            with backend:
-                for batch in batches:
-                    for height, width in sizes:
-                        if on_step:
-                            on_step(f"{backend.name} batch {batch} {height}x{width}")
-                        try:
-                            result = measure_backend(backend, batch, height, width, warmup, iterations, price_per_hour)
-                        except MoptError as exc:  # e.g. a shape outside a TensorRT engine's profile
-                            report.skipped.append(
-                                {"backend": backend.name, "batch": batch, "height": height, "width": width, "reason": str(exc)}
-                            )
-                            continue
-                        report.results.append(result)
+    for backend in available_backends(list(backends), sources, report.skipped):
+        with backend:
+            for batch in batches:
+                for height, width in sizes:
+                    if on_step:
+                        on_step(f"{backend.name} batch {batch} {height}x{width}")
+                    try:
+                        result = measure_backend(backend, batch, height, width, warmup, iterations, price_per_hour)
+                    except MoptError as exc:  # e.g. a shape outside a TensorRT engine's profile
+                        report.skipped.append(
+                            {"backend": backend.name, "batch": batch, "height": height, "width": width, "reason": str(exc)}
+                        )
+                        continue
+                    report.results.append(result)
     return report
 
 

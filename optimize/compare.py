@@ -18,7 +18,7 @@ from polygraphy.comparator import Comparator
 from polygraphy.comparator.compare import SimpleCompareFunc
 from polygraphy.logger import G_LOGGER
 
-from optimize.backends import InferenceBackend, ModelSources, backend_names, backend_spec
+from optimize.backends import InferenceBackend, ModelSources, available_backends, backend_names, backend_spec
 from optimize.checkpoint import Normalization
 from optimize.errors import MoptError
 from optimize.export import INPUT_NAME, OUTPUT_NAME
@@ -209,15 +209,11 @@ def candidates_from_sources(
         sources: the artifacts to build backends from.
         backends: registry names; by default every registered backend but the reference.
     """
-    candidates, skipped = [], []
-    for name in backends or [n for n in backend_names() if n != REFERENCE_BACKEND]:
-        spec = backend_spec(name)
-        reason = spec.unavailable_reason(sources)
-        if reason:
-            skipped.append({"backend": name, "reason": reason})
-            continue
-        for backend in spec.create(sources):
-            candidates.append(Candidate(backend.name, backend.precision, lambda b=backend: b))
+    skipped: list[dict] = []
+    names = list(backends or [n for n in backend_names() if n != REFERENCE_BACKEND])
+    candidates = [
+        Candidate(b.name, b.precision, lambda b=b: b) for b in available_backends(names, sources, skipped)
+    ]
     return candidates, skipped
 
 

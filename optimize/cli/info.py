@@ -34,8 +34,9 @@ def info(
     if checkpoint is not None:
         loaded = load_checkpoint(checkpoint, arch=arch)
         model, source = loaded.model, f"{checkpoint} (sha256 {loaded.sha256[:12]})"
+        training = loaded.extra.get("train", {})
     elif arch is not None:
-        model, source = architectures.create_model(arch), "random initialisation"
+        model, source, training = architectures.create_model(arch), "random initialisation", {}
     else:
         raise MoptError("give a CHECKPOINT or --arch NAME (see `mopt info --list`)")
     result = info_from_model(model, height, width)
@@ -46,4 +47,8 @@ def info(
     if result.encoder_channels:
         stages = ", ".join(f"/{s}: {c}" for s, c in zip(result.encoder_strides, result.encoder_channels))
         table.add_row("encoder channels", stages)
+    for key in ("val_iou", "val_mad", "command", "date"):
+        if key in training:
+            value = training[key]
+            table.add_row(f"training {key}", f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)

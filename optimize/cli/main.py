@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "compare",
     "bench",
     "pipeline",
+    "build_engine",
 ]
 
 app = typer.Typer(
@@ -27,6 +28,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
+    # Help texts show defaults as "[engines/<name>.onnx]"; Rich markup would swallow the brackets.
+    rich_markup_mode=None,
 )
 
 for _name in COMMAND_MODULES:

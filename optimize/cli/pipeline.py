@@ -31,7 +31,7 @@ def pipeline(
     size: Annotated[str, typer.Option("--size", help="H x W for compare.")] = "512x512",
     bench_batch: Annotated[str, typer.Option("--bench-batch", help="Batch sizes to bench.")] = "1,8",
     bench_size: Annotated[str, typer.Option("--bench-size", help="Sizes to bench.")] = "512x512",
-    iterations: Annotated[int, typer.Option("--iterations", min=1, help="Timed runs per measurement.")] = 10,
+    iterations: Annotated[int, typer.Option("--iterations", min=1, help="Timed runs per measurement.")] = 6,
     threads: ThreadsOption = None,
     price_per_hour: Annotated[float | None, typer.Option("--price-per-hour", min=0, help="Instance price, USD/h.")] = None,
 ) -> None:
