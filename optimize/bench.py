@@ -176,13 +176,3 @@ def bench_from_sources(
                     report.results.append(result)
     return report
 
-
-def speedups(results: Sequence[BenchResult], baseline_backend: str = "torch") -> list[dict]:
-    """Median-latency ratio of each result against the baseline backend at the same batch and size."""
-    base = {(r.batch, r.height, r.width): r for r in results if r.backend == baseline_backend}
-    rows = []
-    for r in results:
-        ref = base.get((r.batch, r.height, r.width))
-        if ref is not None and r is not ref:
-            rows.append({"name": r.name, "batch": r.batch, "size": f"{r.height}x{r.width}", "speedup": ref.p50_ms / r.p50_ms})
-    return rows

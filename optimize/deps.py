@@ -26,9 +26,19 @@ OPTIONAL_MODULES: dict[str, tuple[str, str]] = {
 }
 
 
+def _entry(module: str) -> tuple[str, str]:
+    """The (extra, purpose) of ``module``, else of its closest listed parent package."""
+    parts = module.split(".")
+    for end in range(len(parts), 0, -1):
+        name = ".".join(parts[:end])
+        if name in OPTIONAL_MODULES:
+            return OPTIONAL_MODULES[name]
+    return ("", "this feature")
+
+
 def install_hint(module: str) -> str:
     """The pip command that provides ``module``."""
-    extra = OPTIONAL_MODULES.get(module, ("", ""))[0]
+    extra = _entry(module)[0]
     return f"pip install 'mopt[{extra}]'" if extra else "pip install mopt"
 
 
@@ -44,7 +54,7 @@ def require(module: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except (ImportError, OSError) as exc:  # OSError: the wheel is there but a shared library is not
-        purpose = OPTIONAL_MODULES.get(module, ("", "this feature"))[1]
+        purpose = _entry(module)[1]
         top = module.split(".")[0]
         raise MoptError(
             f"{top} is not installed or failed to import ({exc}); it is needed for {purpose}: {install_hint(module)}"

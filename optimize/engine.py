@@ -347,6 +347,8 @@ def sidecar_from_build(
     timing_cache_loaded: bool,
 ) -> dict[str, Any]:
     """The sidecar JSON (schema 1) written beside an engine."""
+    from optimize.export import read_metadata
+
     return {
         "schema": SIDECAR_SCHEMA,
         "cache_key": key,
@@ -360,6 +362,8 @@ def sidecar_from_build(
         "onnx": str(request.onnx),
         "onnx_sha256": request.onnx_sha256,
         "onnx_precision": request.source_precision,
+        # Serving and matting need the input normalization even after the ONNX file is gone.
+        "normalization": json.loads(read_metadata(request.onnx).get("mopt.normalization", "null")),
         "built_onnx_sha256": built_onnx_sha256,
         "precision": request.precision,
         "route": route.name,

@@ -5,7 +5,7 @@ import pytest
 from typer.testing import CliRunner
 
 from optimize.backends import CpuBackend, ModelSources, RssPeakSampler
-from optimize.bench import BenchResult, bench_from_sources, measure_backend, speedups, summarize
+from optimize.bench import bench_from_sources, measure_backend, summarize
 from optimize.cli import bench as bench_cli
 from optimize.errors import MoptError
 
@@ -62,14 +62,6 @@ def test_bench_from_sources_measures_and_skips(tiny_checkpoint, tiny_simplified_
     assert missing.results == [] and "no ONNX" in missing.skipped[0]["reason"]
     with pytest.raises(MoptError, match="unknown backend"):
         bench_from_sources(sources, ["warp-drive"], [1], [(32, 32)])
-
-
-def test_speedups_are_ratios_at_same_shape():
-    def row(backend, name, p50, batch=1):
-        return BenchResult(backend, name, "cpu", "fp32", batch, 8, 8, p50, p50, p50, p50, 1.0, None, None, 1)
-
-    rows = speedups([row("torch", "t", 40.0), row("onnxruntime", "o", 10.0), row("onnxruntime", "o", 5.0, batch=8)])
-    assert rows == [{"name": "o", "batch": 1, "size": "8x8", "speedup": 4.0}]
 
 
 def test_cli_json_schema(tiny_checkpoint, tiny_simplified_onnx, tmp_path):

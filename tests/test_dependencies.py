@@ -52,3 +52,8 @@ def test_no_module_imports_heavy_optional_packages_at_import_time():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_hint_for_a_submodule_falls_back_to_its_package():
+    assert install_hint("tritonclient.grpc.model_config_pb2") == "pip install 'mopt[serve]'"
+    assert install_hint("tensorrt.plugin") == "pip install 'mopt[tensorrt]'"

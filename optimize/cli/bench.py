@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -9,10 +10,11 @@ import typer
 from rich.table import Table
 
 from optimize.backends import ModelSources
-from optimize.bench import BenchReport, bench_from_sources, speedups
+from optimize.bench import BenchReport, bench_from_sources
 from optimize.cli.common import DEFAULT_CHECKPOINT_PATH, ArchOption, CheckpointOption, JsonOption, ThreadsOption, console, progress
 from optimize.cli.compare import default_onnx_models
 from optimize.fileio import write_json
+from optimize.report import speedups
 from optimize.shapes import parse_ints, parse_sizes
 
 app = typer.Typer()
@@ -31,8 +33,13 @@ def print_bench(report: BenchReport) -> None:
             f"{r.p99_ms:.1f}", f"{r.images_per_s:.2f}", mem, cost,
         )
     console.print(table)
-    for row in speedups(report.results):
-        console.print(f"{row['name']:28} batch {row['batch']:<3} {row['size']:>9}: {row['speedup']:.2f}x vs torch-cpu-fp32")
+    results = [asdict(r) for r in report.results]
+    for result, ratio in zip(results, speedups(results)):
+        if ratio["reference"] and ratio["speedup_p50"] and result["backend"] != "torch":
+            console.print(
+                f"{result['name']:28} batch {result['batch']:<3} {result['height']}x{result['width']}: "
+                f"{ratio['speedup_p50']:.2f}x faster than {ratio['reference']} (median latency)"
+            )
     for s in report.skipped:
         console.print(f"[dim]skipped {s['backend']}: {s['reason']}")
 

@@ -1,6 +1,6 @@
 """Lightweight CV-UNet against the classic U-Net it replaces: parameters, GFLOPs and latency, in one run.
 
-    .venv/bin/python benchmarks/architectures.py --size 512x512 --batch 1 --threads 2
+    .venv/bin/python benchmarks/lightweight_vs_classic.py --size 512x512 --batch 1 --threads 2
 
 Latency is PyTorch eager FP32 and simplified ONNX Runtime FP32 on the CPU. Weights do not change the
 arithmetic, so randomly initialised models are timed (the bundled checkpoint is used for CV-UNet if present).
