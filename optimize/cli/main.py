@@ -20,6 +20,10 @@ COMMAND_MODULES = [
     "bench",
     "pipeline",
     "build_engine",
+    "matte",
+    "serve",
+    "deploy",
+    "bench_serve",
 ]
 
 app = typer.Typer(

@@ -1,0 +1,64 @@
+"""``mopt deploy triton``: an engine or ONNX -> a Triton model repository for a production Triton server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from optimize.cli.common import console
+from optimize.deploy import (
+    DEFAULT_MODEL_NAME,
+    DEFAULT_QUEUE_DELAY_US,
+    InstanceKind,
+    describe_config,
+    read_model_config,
+    triton_repository_from_model,
+)
+
+GROUP = "deploy"
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.callback()
+def deploy() -> None:
+    """Package a model for a serving system (Triton Inference Server)."""
+
+
+@app.command("triton")
+def triton(
+    model: Annotated[
+        Path, typer.Argument(dir_okay=False, help="TensorRT engine (.plan, with its .json sidecar) or ONNX model.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", file_okay=False, help="Model repository folder.")],
+    name: Annotated[str, typer.Option("--name", help="Model name in the repository.")] = DEFAULT_MODEL_NAME,
+    version: Annotated[int, typer.Option("--version", min=1, help="Model version folder.")] = 1,
+    max_batch: Annotated[
+        int | None,
+        typer.Option("--max-batch", min=1, help="Largest batch (default: the engine profile max batch; ONNX: 8)."),
+    ] = None,
+    max_queue_delay_us: Annotated[
+        int, typer.Option("--max-queue-delay-us", min=0, help="Dynamic batcher wait to fill a batch (µs).")
+    ] = DEFAULT_QUEUE_DELAY_US,
+    instance_kind: Annotated[
+        InstanceKind, typer.Option("--instance-kind", help="Run instances on GPUs or CPUs (engines: GPU only).")
+    ] = InstanceKind.gpu,
+    instances: Annotated[int, typer.Option("--instances", min=1, help="Model instances per device.")] = 1,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing model of that name.")] = False,
+) -> None:
+    """Write OUTPUT/<name>/config.pbtxt and OUTPUT/<name>/<version>/model.plan|model.onnx for Triton."""
+    folder = triton_repository_from_model(
+        model,
+        output,
+        name=name,
+        version=version,
+        max_batch=max_batch,
+        max_queue_delay_us=max_queue_delay_us,
+        instance_kind=instance_kind,
+        instances=instances,
+        force=force,
+    )
+    config = read_model_config(folder / "config.pbtxt")
+    console.print(f"wrote {folder}/ ({describe_config(config)})")
+    console.print(f"serve it: tritonserver --model-repository {output.resolve()}")

@@ -1,0 +1,193 @@
+"""``mopt matte``: batch background removal over files, folders and glob patterns."""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from optimize.artifacts import ENGINES_DIR, latest_fp32_onnx
+from optimize.backends import ModelSources
+from optimize.checkpoint import DEFAULT_CHECKPOINT
+from optimize.cli.common import ArchOption, ThreadsOption, console
+from optimize.errors import MoptError
+from optimize.images import DEFAULT_PNG_COMPRESSION, parse_color
+from optimize.matte import (
+    DEFAULT_BATCH,
+    DEFAULT_MAX_SIDE,
+    MatteReport,
+    mattes_from_images,
+    select_backend,
+)
+
+app = typer.Typer()
+
+FAILURES_SHOWN = 20  # the report JSON lists them all
+
+
+class OutputKind(str, Enum):
+    rgba = "rgba"
+    alpha = "alpha"
+    composite = "composite"
+
+
+class Compression(str, Enum):
+    fast = "fast"
+    default = "default"
+    small = "small"
+
+
+DEFAULT_COMPRESSION = Compression(DEFAULT_PNG_COMPRESSION)
+
+
+def model_sources(
+    engine: Path | None, onnx: Path | None, checkpoint: Path | None, arch: str | None, threads: int | None
+) -> ModelSources:
+    """The model files to choose a backend from: the ones given, else what ``mopt export`` left behind."""
+    if engine or onnx or checkpoint:
+        return ModelSources(
+            checkpoint=checkpoint, onnx=[onnx] if onnx else [], engine=engine, arch=arch, threads=threads
+        )
+    found_onnx = [latest_fp32_onnx(ENGINES_DIR)] if ENGINES_DIR.is_dir() and any(ENGINES_DIR.glob("*.onnx")) else []
+    found_checkpoint = DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT.is_file() else None
+    if not found_onnx and found_checkpoint is None:
+        raise MoptError(
+            f"no model given and none found ({ENGINES_DIR}/*.onnx, {DEFAULT_CHECKPOINT}); "
+            "pass --onnx, --engine or --checkpoint (or run `mopt export` first)"
+        )
+    return ModelSources(checkpoint=found_checkpoint, onnx=found_onnx, arch=arch, threads=threads)
+
+
+def print_summary(report: MatteReport, report_path: Path | None) -> None:
+    rate = f"{report.images_per_s:.2f} images/s" if report.processed else "no images processed"
+    latency = f", latency p50 {report.p50_ms:.0f} ms, p99 {report.p99_ms:.0f} ms" if report.processed else ""
+    console.print(
+        f"{report.processed} written, {report.skipped} already complete, {len(report.failed)} failed "
+        f"in {report.wall_s:.1f} s: {rate}{latency}"
+    )
+    if report.failed:
+        table = Table(title=f"{len(report.failed)} file(s) failed")
+        table.add_column("file", overflow="fold")
+        table.add_column("reason", overflow="fold")
+        for failure in report.failed[:FAILURES_SHOWN]:
+            table.add_row(failure.path, failure.reason)
+        if len(report.failed) > FAILURES_SHOWN:
+            rest = f"see {report_path}" if report_path else "pass --report PATH to list them all"
+            table.add_row(f"... {len(report.failed) - FAILURES_SHOWN} more", rest)
+        console.print(table)
+
+
+@app.command("matte")
+def matte(
+    inputs: Annotated[
+        list[str], typer.Argument(help="Image files, folders (recursive) and quoted glob patterns ('photos/**/*.jpg').")
+    ],
+    outdir: Annotated[
+        Path, typer.Option("--outdir", "-o", file_okay=False, help="Output folder; the input folder structure is kept.")
+    ],
+    engine: Annotated[Path | None, typer.Option("--engine", dir_okay=False, help="TensorRT engine (.plan).")] = None,
+    onnx: Annotated[
+        Path | None, typer.Option("--onnx", dir_okay=False, help="ONNX model (default: the newest in engines/).")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint", "-c", dir_okay=False, help=f"Checkpoint, run in PyTorch (default: {DEFAULT_CHECKPOINT})."
+        ),
+    ] = None,
+    output: Annotated[
+        OutputKind,
+        typer.Option(
+            "--output", help="rgba: image + matte as alpha; alpha: 8-bit matte; composite: over --background."
+        ),
+    ] = OutputKind.rgba,
+    background: Annotated[
+        str | None, typer.Option("--background", help="Composite background, #RRGGBB (default: white).")
+    ] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Images per inference call.")] = DEFAULT_BATCH,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, help="Threads decoding and encoding beside inference (default: CPU cores)."),
+    ] = None,
+    max_side: Annotated[
+        int, typer.Option("--max-side", min=32, help="Longest side images are inferred at (mattes are full size).")
+    ] = DEFAULT_MAX_SIDE,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo outputs that are already complete.")] = False,
+    report_path: Annotated[
+        Path | None, typer.Option("--report", dir_okay=False, help="Write the run report (failures, speed) as JSON.")
+    ] = None,
+    require_gpu: Annotated[
+        bool, typer.Option("--require-gpu", help="Fail instead of falling back to a CPU backend.")
+    ] = False,
+    compression: Annotated[
+        Compression, typer.Option("--compression", help="PNG compression (lossless at every level).")
+    ] = DEFAULT_COMPRESSION,
+    threads: ThreadsOption = None,
+    arch: ArchOption = None,
+) -> None:
+    """Remove the background of every image: outputs keep the folder structure; exit 1 if any file failed."""
+    if background is not None and output != OutputKind.composite:
+        raise MoptError(f"--background only applies to --output composite (got --output {output.value})")
+    color = parse_color(background) if background is not None else (255, 255, 255)
+    sources = model_sources(engine, onnx, checkpoint, arch, threads)
+    choice = select_backend(sources, require_gpu=require_gpu)
+    with choice.backend:
+        console.print(f"backend: {choice.backend.name} ({choice.name}) on {choice.backend.device}")
+        for name, why in choice.skipped.items():
+            console.print(f"[dim]  not used: {name}: {why}", highlight=False)
+        for note in choice.notes:
+            console.print(f"[yellow]note: {note}")
+        run_batch, run_max_side, min_side = choice.fit(batch, max_side)
+        if (run_batch, run_max_side) != (batch, max_side):
+            console.print(
+                f"[yellow]the engine's profile limits this run to --batch {run_batch} --max-side {run_max_side}"
+            )
+        with Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            tasks: dict[str, int] = {}
+            started: dict[str, float] = {}
+
+            def show(phase: str, done: int, total: int) -> None:
+                if phase not in tasks:
+                    tasks[phase] = bar.add_task("scanning" if phase == "scan" else "matting", total=total, rate="")
+                    started[phase] = time.perf_counter()
+                elapsed = time.perf_counter() - started[phase]
+                rate = f"{done / elapsed:.1f} images/s" if phase == "matte" and done and elapsed > 0 else ""
+                bar.update(tasks[phase], completed=done, total=total, rate=rate)
+
+            try:
+                report = mattes_from_images(
+                    inputs,
+                    outdir,
+                    backend=choice.backend,
+                    normalization=choice.normalization,
+                    output=output.value,
+                    background=color,
+                    batch=run_batch,
+                    workers=workers,
+                    max_side=run_max_side,
+                    min_side=min_side,
+                    overwrite=overwrite,
+                    compression=compression.value,
+                    report_path=report_path,
+                    progress=show,
+                )
+            except KeyboardInterrupt:
+                bar.stop()
+                console.print("interrupted: every output written is complete; run the same command again to go on")
+                raise typer.Exit(130) from None
+    print_summary(report, report_path)
+    raise typer.Exit(1 if report.failed else 0)

@@ -1,0 +1,101 @@
+"""``mopt serve``: a Triton Inference Server (PyTriton) that returns mattes for uploaded images."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from optimize.cli.common import ThreadsOption, console
+from optimize.matte import SIZE_STEP
+from optimize.serve import (
+    DEFAULT_HOST,
+    DEFAULT_INSTANCES,
+    DEFAULT_MAX_QUEUE_DELAY_MS,
+    DEFAULT_MAX_SIDE,
+    DEFAULT_MODEL_NAME,
+    DEFAULT_PORT,
+    ServeOptions,
+    ServerInfo,
+    check_ports_free,
+    serve_model,
+    served_model_from_files,
+)
+
+app = typer.Typer()
+
+
+def print_ready(info: ServerInfo) -> None:
+    """Where to send requests, printed once the models answer."""
+    for note in info.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    image_model, rgb_model = info.models
+    console.print(f"serving with {info.backend}; dynamic batching up to {info.max_batch} images")
+    console.print(f"  HTTP/REST  {info.url}   gRPC  {info.grpc_url}   metrics  {info.metrics_url}")
+    console.print(f"  ready      GET  {info.url}/v2/health/ready")
+    console.print(f"  images     POST {info.url}/v2/models/{image_model}/infer   (input 'image': encoded bytes)")
+    console.print(f"  pixels     POST {info.url}/v2/models/{rgb_model}/infer   (input 'rgb': uint8 HxWx3)")
+    console.print("  outputs    'alpha' uint8 HxW, 'alpha_png' PNG bytes, 'error' (empty when fine)")
+    console.print("Ctrl-C or SIGTERM stops the server.")
+    sys.stdout.flush()  # a supervisor reading a pipe sees the endpoints now, not at exit
+
+
+@app.command("serve")
+def serve(
+    engine: Annotated[
+        Path | None, typer.Option("--engine", dir_okay=False, help="TensorRT engine (.plan + .json sidecar).")
+    ] = None,
+    onnx: Annotated[Path | None, typer.Option("--onnx", dir_okay=False, help="ONNX model (ONNX Runtime).")] = None,
+    backend: Annotated[
+        str | None, typer.Option("--backend", help="Backend name instead of the automatic choice (as `mopt matte`).")
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: all interfaces).")] = DEFAULT_HOST,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="HTTP port.")] = DEFAULT_PORT,
+    grpc_port: Annotated[
+        int | None, typer.Option("--grpc-port", min=1, max=65535, help="gRPC port (default: --port + 1).")
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", min=1, max=65535, help="Prometheus metrics port (default: --port + 2)."),
+    ] = None,
+    name: Annotated[str, typer.Option("--name", help="Model name (the uint8-tensor model is <name>_rgb).")] = (
+        DEFAULT_MODEL_NAME
+    ),
+    max_batch: Annotated[
+        int | None,
+        typer.Option("--max-batch", min=1, help="Largest dynamic batch (default: the engine's profile max, else 8)."),
+    ] = None,
+    max_queue_delay_ms: Annotated[
+        float, typer.Option("--max-queue-delay-ms", min=0, help="How long a request may wait to fill a batch.")
+    ] = DEFAULT_MAX_QUEUE_DELAY_MS,
+    max_side: Annotated[
+        int, typer.Option("--max-side", min=SIZE_STEP, help="Longest side images are inferred at (matte resized back).")
+    ] = DEFAULT_MAX_SIDE,
+    instances: Annotated[
+        int, typer.Option("--instances", min=1, help="Model instances (overlap decoding with inference).")
+    ] = DEFAULT_INSTANCES,
+    threads: ThreadsOption = None,
+) -> None:
+    """Serve the model with Triton Inference Server: dynamic batching, health/ready endpoints, HTTP and gRPC."""
+    options = ServeOptions(
+        host=host,
+        port=port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        name=name,
+        max_batch=max_batch,
+        max_queue_delay_ms=max_queue_delay_ms,
+        max_side=max_side,
+        instances=instances,
+    )
+    check_ports_free(host, options.ports())  # before the model loads: a clash is reported at once
+    model = served_model_from_files(onnx=onnx, engine=engine, backend=backend, threads=threads)
+    console.print(f"starting Triton Inference Server for {model.source} ...")
+    stats = serve_model(model, options, on_ready=print_ready)
+    mean = stats.images / stats.batches if stats.batches else 0.0
+    console.print(
+        f"stopped: {stats.requests} requests ({stats.failed_requests} failed), {stats.images} images in "
+        f"{stats.batches} dynamic batches (mean {mean:.1f} images per batch)"
+    )
