@@ -61,7 +61,8 @@ def cvunet_mbv3_large(config: CVUNetConfig) -> nn.Module:
 
 
 @register_model(
-    "cvunet-mbv3-small", CVUNetConfig(encoder="small", decoder_channels=(64, 48, 24, 16, 16)),
+    "cvunet-mbv3-small",
+    CVUNetConfig(encoder="small", decoder_channels=(64, 48, 24, 16, 16)),
     "CV-UNet, MobileNetV3-Small encoder",
 )
 def cvunet_mbv3_small(config: CVUNetConfig) -> nn.Module:
@@ -69,7 +70,8 @@ def cvunet_mbv3_small(config: CVUNetConfig) -> nn.Module:
 
 
 @register_model(
-    "cvunet-tiny", CVUNetConfig(encoder="small", width_mult=0.35, decoder_channels=(16, 16, 8, 8, 8)),
+    "cvunet-tiny",
+    CVUNetConfig(encoder="small", width_mult=0.35, decoder_channels=(16, 16, 8, 8, 8)),
     "CV-UNet at width 0.35 with a narrow decoder, for fast tests",
 )
 def cvunet_tiny(config: CVUNetConfig) -> nn.Module:

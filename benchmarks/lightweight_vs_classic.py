@@ -55,8 +55,10 @@ def main() -> None:
         print(f"| {name} | {params:.2f} | {gflops:.1f} | {torch_ms:.0f} | {ort_ms:.0f} |")
     base = rows[-1]
     for name, params, gflops, torch_ms, ort_ms in rows[:-1]:
-        print(f"{base[0]} / {name}: params {base[1] / params:.1f}x, GFLOPs {base[2] / gflops:.1f}x, "
-              f"torch latency {base[3] / torch_ms:.1f}x, ORT latency {base[4] / ort_ms:.1f}x")
+        print(
+            f"{base[0]} / {name}: params {base[1] / params:.1f}x, GFLOPs {base[2] / gflops:.1f}x, "
+            f"torch latency {base[3] / torch_ms:.1f}x, ORT latency {base[4] / ort_ms:.1f}x"
+        )
 
 
 if __name__ == "__main__":

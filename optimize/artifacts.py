@@ -30,9 +30,7 @@ def latest_fp32_onnx(folder: Path = ENGINES_DIR, simplified: bool = True) -> Pat
     The newest export wins; its simplified version is returned when it exists and ``simplified`` is set.
     """
     candidates = [
-        p
-        for p in folder.glob("*.onnx")
-        if not any(p.name.endswith(s + ".onnx") for s in (*PRECISION_SUFFIXES, ".sim"))
+        p for p in folder.glob("*.onnx") if not any(p.name.endswith(s + ".onnx") for s in (*PRECISION_SUFFIXES, ".sim"))
     ]
     if not candidates:
         raise MoptError(f"no ONNX model in {folder}/; run `mopt export CHECKPOINT` first or pass the ONNX path")

@@ -178,7 +178,9 @@ class OnnxRuntimeBackend(CpuBackend):
         providers = providers or ["CPUExecutionProvider"]
         missing = [p for p in providers if p not in ort.get_available_providers()]
         if missing:
-            raise MoptError(f"ONNX Runtime has no {', '.join(missing)} here (available: {', '.join(ort.get_available_providers())})")
+            raise MoptError(
+                f"ONNX Runtime has no {', '.join(missing)} here (available: {', '.join(ort.get_available_providers())})"
+            )
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -191,7 +193,9 @@ class OnnxRuntimeBackend(CpuBackend):
             raise MoptError(f"ONNX Runtime cannot load {onnx_path}: {str(exc).splitlines()[0]}") from exc
         active = self.session.get_providers()
         if providers[0] not in active:
-            raise MoptError(f"ONNX Runtime could not start {providers[0]} for {onnx_path} (it fell back to {active[0]})")
+            raise MoptError(
+                f"ONNX Runtime could not start {providers[0]} for {onnx_path} (it fell back to {active[0]})"
+            )
         self.precision = precision or onnx_precision(onnx_path)
         on_gpu = providers[0] != "CPUExecutionProvider"
         self.device = "cuda" if on_gpu else "cpu"

@@ -170,9 +170,14 @@ def bench_from_sources(
                         result = measure_backend(backend, batch, height, width, warmup, iterations, price_per_hour)
                     except MoptError as exc:  # e.g. a shape outside a TensorRT engine's profile
                         report.skipped.append(
-                            {"backend": backend.name, "batch": batch, "height": height, "width": width, "reason": str(exc)}
+                            {
+                                "backend": backend.name,
+                                "batch": batch,
+                                "height": height,
+                                "width": width,
+                                "reason": str(exc),
+                            }
                         )
                         continue
                     report.results.append(result)
     return report
-

@@ -49,7 +49,9 @@ class Normalization:
         try:
             mean, std = tuple(float(v) for v in data["mean"]), tuple(float(v) for v in data["std"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise MoptError(f"checkpoint normalization {data!r} is not {{'mean': [3 floats], 'std': [3 floats]}}") from exc
+            raise MoptError(
+                f"checkpoint normalization {data!r} is not {{'mean': [3 floats], 'std': [3 floats]}}"
+            ) from exc
         if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
             raise MoptError(f"checkpoint normalization {data!r} needs 3 means and 3 positive stds")
         return cls(mean, std)  # type: ignore[arg-type]
@@ -116,7 +118,9 @@ def _read_pth(path: Path) -> dict[str, Any]:
     except pickle.UnpicklingError as exc:
         # weights_only refuses any global that is not a tensor or primitive: that is the safety net working.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "disallowed object"
-        raise MoptError(f"{path} holds objects other than tensors and plain data, refused for safety ({first})") from exc
+        raise MoptError(
+            f"{path} holds objects other than tensors and plain data, refused for safety ({first})"
+        ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError, struct.error) as exc:
         # A truncated or foreign file breaks the unpickler in many ways; all mean "not a checkpoint".
         raise MoptError(f"{path} is not a readable PyTorch checkpoint (truncated or another format): {exc}") from exc
@@ -166,16 +170,24 @@ def load_checkpoint(path: str | Path, arch: str | None = None, device: str = "cp
 
     if _is_state_dict(data):
         if arch is None:
-            raise MoptError(f"{path} is a bare state dict with no architecture; pass --arch (one of {', '.join(architectures.list_models())})")
+            raise MoptError(
+                f"{path} is a bare state dict with no architecture; "
+                f"pass --arch (one of {', '.join(architectures.list_models())})"
+            )
         state, config_dict, normalization, extra = data, {}, IMAGENET, {}
     else:
         if data.get("format") != FORMAT_NAME or "state_dict" not in data:
             raise MoptError(f"{path} is not a mopt checkpoint (no '{FORMAT_NAME}' header and not a state dict)")
         if int(data.get("format_version", 0)) > FORMAT_VERSION:
-            raise MoptError(f"{path} has checkpoint format {data['format_version']}; this mopt reads up to {FORMAT_VERSION}: upgrade mopt")
+            raise MoptError(
+                f"{path} has checkpoint format {data['format_version']}; "
+                f"this mopt reads up to {FORMAT_VERSION}: upgrade mopt"
+            )
         stored_arch = data["arch"]
         if arch is not None and arch != stored_arch:
-            raise MoptError(f"{path} holds architecture {stored_arch!r}, not {arch!r}; drop --arch or pick the right file")
+            raise MoptError(
+                f"{path} holds architecture {stored_arch!r}, not {arch!r}; drop --arch or pick the right file"
+            )
         arch, state, config_dict = stored_arch, data["state_dict"], data.get("config", {})
         normalization = Normalization.from_dict(data.get("normalization", IMAGENET.to_dict()))
         extra = data.get("extra", {})

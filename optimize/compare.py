@@ -9,9 +9,9 @@ NaN or Inf.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 from polygraphy.comparator import Comparator
@@ -211,9 +211,7 @@ def candidates_from_sources(
     """
     skipped: list[dict] = []
     names = list(backends or [n for n in backend_names() if n != REFERENCE_BACKEND])
-    candidates = [
-        Candidate(b.name, b.precision, lambda b=b: b) for b in available_backends(names, sources, skipped)
-    ]
+    candidates = [Candidate(b.name, b.precision, lambda b=b: b) for b in available_backends(names, sources, skipped)]
     return candidates, skipped
 
 

@@ -1,4 +1,4 @@
-"""The main job (``make compare``): checkpoint -> ONNX -> simplified -> FP16/INT8 -> engine -> compare -> bench -> report.
+"""The main job (``make compare``): checkpoint -> ONNX -> simplified -> FP16/INT8 -> engine -> compare -> bench.
 
 Each stage is a plain function over the artifacts of the ones before it. A stage that cannot run on this
 machine (no GPU, no TensorRT) is recorded as skipped with the reason; a stage that fails is recorded as
@@ -67,7 +67,9 @@ class PipelineState:
         return all(s.status != "failed" for s in self.stages) and bool(self.compare and self.compare["passed"])
 
 
-def run_stage(state: PipelineState, name: str, body: Callable[[], str | tuple[str, Path | None]], on_stage=None) -> None:
+def run_stage(
+    state: PipelineState, name: str, body: Callable[[], str | tuple[str, Path | None]], on_stage=None
+) -> None:
     """Run one stage, time it and record ok / skipped / failed with its detail line."""
     stage = Stage(name)
     if on_stage:
@@ -92,8 +94,18 @@ def _needs(value: object, what: str) -> None:
         raise StageSkipped(f"no {what} (an earlier stage failed)")
 
 
-def run_pipeline(settings: PipelineSettings, on_stage: Callable[[Stage], None] | None = None) -> PipelineState:
-    """Run every stage and write the report folder; returns the state with each stage's outcome."""
+def run_pipeline(
+    settings: PipelineSettings,
+    on_stage: Callable[[Stage], None] | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> PipelineState:
+    """Run every stage and write the report folder; returns the state with each stage's outcome.
+
+    Args:
+        settings: what to run on and where to write.
+        on_stage: called when a stage starts (status ``pending``) and when it ends.
+        on_step: called with a label before each measurement of the bench stage (progress display).
+    """
     from optimize.checkpoint import load_checkpoint
     from optimize.export import onnx_from_checkpoint
     from optimize.simplify import simplified_onnx_from_onnx
@@ -165,7 +177,10 @@ def run_pipeline(settings: PipelineSettings, on_stage: Callable[[Stage], None] |
         src = sources()
         inputs = batched_inputs(loaded.normalization, *s.size, s.compare_batch, s.compare_count, s.calibration_images)
         candidates, skipped = candidates_from_sources(src)
-        description = {"images": str(s.calibration_images or "generated composites"), "size": "x".join(map(str, s.size))}
+        description = {
+            "images": str(s.calibration_images or "generated composites"),
+            "size": "x".join(map(str, s.size)),
+        }
         report = compare_models(reference_from_checkpoint(src), candidates, inputs, input_description=description)
         state.compare = {**report.to_dict(), "skipped": skipped}
         path = write_json(s.report_dir / "compare.json", state.compare)
@@ -180,7 +195,14 @@ def run_pipeline(settings: PipelineSettings, on_stage: Callable[[Stage], None] |
 
         # Every registered backend: the ones that cannot run here are listed as skipped with the reason.
         report = bench_from_sources(
-            sources(), backend_names(), s.bench_batches, s.bench_sizes, s.warmup, s.iterations, s.price_per_hour
+            sources(),
+            backend_names(),
+            s.bench_batches,
+            s.bench_sizes,
+            s.warmup,
+            s.iterations,
+            s.price_per_hour,
+            on_step=on_step,
         )
         state.bench = report.to_dict()
         path = write_json(s.report_dir / "bench.json", state.bench)

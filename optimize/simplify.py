@@ -83,18 +83,31 @@ def simplified_onnx_from_onnx(onnx_path: str | Path, output: str | Path | None =
         # No input shapes are given, so onnxsim keeps the symbolic batch/height/width dims.
         simplified, ok = onnxsim.simplify(model, check_n=0)
     except Exception as exc:  # onnxsim surfaces C++ (onnxruntime/onnx optimizer) errors as many types
-        raise MoptError(f"onnxsim failed on {onnx_path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        raise MoptError(
+            f"onnxsim failed on {onnx_path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from exc
     if not ok:
-        raise MoptError(f"onnxsim could not validate the simplified model of {onnx_path}; keep using the unsimplified one")
+        raise MoptError(
+            f"onnxsim could not validate the simplified model of {onnx_path}; keep using the unsimplified one"
+        )
     after_dims = dynamic_dims(simplified)
     if after_dims != before_dims:
-        raise MoptError(f"simplification changed the model's dims {before_dims} -> {after_dims}; keep the unsimplified one")
+        raise MoptError(
+            f"simplification changed the model's dims {before_dims} -> {after_dims}; keep the unsimplified one"
+        )
     set_metadata(simplified, {**read_metadata(onnx_path), "mopt.simplified": "onnxsim"})
     with atomic_output(output) as tmp:
         onnx.save(simplified, str(tmp))
         max_abs = max_abs_between(onnx_path, tmp, VERIFY_SHAPES)
         if max_abs > SIMPLIFY_ATOL:
-            raise MoptError(f"simplified model differs from {onnx_path} by {max_abs:.2e} (> {SIMPLIFY_ATOL:.0e}); not written")
+            raise MoptError(
+                f"simplified model differs from {onnx_path} by {max_abs:.2e} (> {SIMPLIFY_ATOL:.0e}); not written"
+            )
     return SimplifyResult(
-        output, len(model.graph.node), len(simplified.graph.node), op_histogram(model), op_histogram(simplified), max_abs
+        output,
+        len(model.graph.node),
+        len(simplified.graph.node),
+        op_histogram(model),
+        op_histogram(simplified),
+        max_abs,
     )

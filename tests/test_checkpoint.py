@@ -80,6 +80,7 @@ class _Exploit:
         return (open, ("/tmp/mopt-pwned-marker", "w"))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickled_code_is_refused_not_executed(tmp_path):
     marker = __import__("pathlib").Path("/tmp/mopt-pwned-marker")
     marker.unlink(missing_ok=True)

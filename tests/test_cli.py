@@ -82,7 +82,9 @@ def test_info_prints_params_gflops_channels(work, tiny_checkpoint):
 def test_compare_bad_images_folder(work, tiny_checkpoint, tiny_onnx):
     empty = work / "empty"
     empty.mkdir()
-    result = run_mopt("compare", "-c", tiny_checkpoint, "--onnx", tiny_onnx, "--images", empty, "--json", work / "c.json", cwd=work)
+    result = run_mopt(
+        "compare", "-c", tiny_checkpoint, "--onnx", tiny_onnx, "--images", empty, "--json", work / "c.json", cwd=work
+    )
     assert_one_line_error(result, "no images")
     assert not (work / "c.json").exists()
 

@@ -7,6 +7,7 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from optimize.backends import ModelSources, OnnxRuntimeBackend
+from optimize.checkpoint import IMAGENET
 from optimize.cli import compare as compare_cli
 from optimize.compare import (
     PRECISION_TOLERANCES,
@@ -15,7 +16,6 @@ from optimize.compare import (
     compare_models,
     reference_from_checkpoint,
 )
-from optimize.checkpoint import IMAGENET
 from optimize.errors import MoptError
 
 
@@ -101,7 +101,9 @@ def test_images_folder_inputs(tmp_path):
 def test_cli_exit_codes_and_json(tiny_checkpoint, tiny_simplified_onnx, tmp_path):
     runner = CliRunner()
     args = ["--checkpoint", str(tiny_checkpoint), "--size", "64x48", "--count", "2", "--batch", "2"]
-    ok = runner.invoke(compare_cli.app, [*args, "--onnx", str(tiny_simplified_onnx), "--json", str(tmp_path / "ok.json")])
+    ok = runner.invoke(
+        compare_cli.app, [*args, "--onnx", str(tiny_simplified_onnx), "--json", str(tmp_path / "ok.json")]
+    )
     assert ok.exit_code == 0, ok.output
     data = json.loads((tmp_path / "ok.json").read_text())
     assert data["passed"] is True and data["reference"] == "torch-cpu-fp32"

@@ -7,11 +7,20 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from optimize.backends import ModelSources
 from optimize.bench import BenchReport, bench_from_sources
-from optimize.cli.common import DEFAULT_CHECKPOINT_PATH, ArchOption, CheckpointOption, JsonOption, ThreadsOption, console, progress
+from optimize.cli.common import (
+    DEFAULT_CHECKPOINT_PATH,
+    ArchOption,
+    CheckpointOption,
+    JsonOption,
+    ThreadsOption,
+    console,
+    progress,
+)
 from optimize.cli.compare import default_onnx_models
 from optimize.fileio import write_json
 from optimize.report import speedups
@@ -22,15 +31,38 @@ app = typer.Typer()
 
 def print_bench(report: BenchReport) -> None:
     m = report.machine
-    table = Table(title=f"{m['cpu']} ({m['cores']} cores, {m['threads']} threads){' + ' + m['gpu'] if m.get('gpu') else ''}")
-    for column in ("backend", "device", "prec", "batch", "size", "p50 ms", "p90 ms", "p99 ms", "img/s", "peak MB", "$/1k img"):
+    table = Table(
+        title=f"{m['cpu']} ({m['cores']} cores, {m['threads']} threads){' + ' + m['gpu'] if m.get('gpu') else ''}"
+    )
+    for column in (
+        "backend",
+        "device",
+        "prec",
+        "batch",
+        "size",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "img/s",
+        "peak MB",
+        "$/1k img",
+    ):
         table.add_column(column, justify="left" if column in ("backend", "device", "prec") else "right")
     for r in report.results:
         cost = "-" if r.cost_per_1k_images_usd is None else f"{r.cost_per_1k_images_usd:.4f}"
         mem = "-" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.0f}"
         table.add_row(
-            r.name, r.device, r.precision, str(r.batch), f"{r.height}x{r.width}", f"{r.p50_ms:.1f}", f"{r.p90_ms:.1f}",
-            f"{r.p99_ms:.1f}", f"{r.images_per_s:.2f}", mem, cost,
+            r.name,
+            r.device,
+            r.precision,
+            str(r.batch),
+            f"{r.height}x{r.width}",
+            f"{r.p50_ms:.1f}",
+            f"{r.p90_ms:.1f}",
+            f"{r.p99_ms:.1f}",
+            f"{r.images_per_s:.2f}",
+            mem,
+            cost,
         )
     console.print(table)
     results = [asdict(r) for r in report.results]
@@ -41,21 +73,27 @@ def print_bench(report: BenchReport) -> None:
                 f"{ratio['speedup_p50']:.2f}x faster than {ratio['reference']} (median latency)"
             )
     for s in report.skipped:
-        console.print(f"[dim]skipped {s['backend']}: {s['reason']}")
+        console.print(f"[dim]skipped {escape(s['backend'])}: {escape(s['reason'])}")
 
 
 @app.command("bench")
 def bench(
     checkpoint: CheckpointOption = DEFAULT_CHECKPOINT_PATH,
-    onnx: Annotated[list[Path] | None, typer.Option("--onnx", dir_okay=False, help="ONNX model(s) [engines/ models].")] = None,
+    onnx: Annotated[
+        list[Path] | None, typer.Option("--onnx", dir_okay=False, help="ONNX model(s) [engines/ models].")
+    ] = None,
     engine: Annotated[Path | None, typer.Option("--engine", dir_okay=False, help="TensorRT engine.")] = None,
-    backend: Annotated[str, typer.Option("--backend", help="Comma-separated backends (see docs).")] = "torch,onnxruntime",
+    backend: Annotated[
+        str, typer.Option("--backend", help="Comma-separated backends (see docs).")
+    ] = "torch,onnxruntime",
     batch: Annotated[str, typer.Option("--batch", help="Comma-separated batch sizes.")] = "1,8",
     size: Annotated[str, typer.Option("--size", help="Comma-separated H x W sizes.")] = "512x512",
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs before timing.")] = 3,
     iterations: Annotated[int, typer.Option("--iterations", min=1, help="Timed runs per measurement.")] = 20,
     threads: ThreadsOption = None,
-    price_per_hour: Annotated[float | None, typer.Option("--price-per-hour", min=0, help="Instance price, USD/h.")] = None,
+    price_per_hour: Annotated[
+        float | None, typer.Option("--price-per-hour", min=0, help="Instance price, USD/h.")
+    ] = None,
     arch: ArchOption = None,
     json_path: JsonOption = None,
 ) -> None:
@@ -73,7 +111,13 @@ def bench(
     with progress() as bar:
         task = bar.add_task("bench", total=None)
         report = bench_from_sources(
-            sources, names, batches, sizes, warmup, iterations, price_per_hour,
+            sources,
+            names,
+            batches,
+            sizes,
+            warmup,
+            iterations,
+            price_per_hour,
             on_step=lambda label: bar.update(task, description=label, advance=1),
         )
     print_bench(report)

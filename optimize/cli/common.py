@@ -24,7 +24,9 @@ ArchOption = Annotated[
     str | None, typer.Option("--arch", help="Architecture of a bare state dict (see `mopt info --list`).")
 ]
 JsonOption = Annotated[Path | None, typer.Option("--json", dir_okay=False, help="Also write the results as JSON.")]
-ThreadsOption = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for PyTorch and ONNX Runtime.")]
+ThreadsOption = Annotated[
+    int | None, typer.Option("--threads", min=1, help="CPU threads for PyTorch and ONNX Runtime.")
+]
 
 DEFAULT_CHECKPOINT_PATH = DEFAULT_CHECKPOINT
 

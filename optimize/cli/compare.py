@@ -6,13 +6,27 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from optimize.artifacts import ENGINES_DIR, derived_path, latest_fp32_onnx
 from optimize.backends import ModelSources
 from optimize.checkpoint import load_checkpoint
-from optimize.cli.common import DEFAULT_CHECKPOINT_PATH, ArchOption, CheckpointOption, JsonOption, ThreadsOption, console
-from optimize.compare import CompareReport, batched_inputs, candidates_from_sources, compare_models, reference_from_checkpoint
+from optimize.cli.common import (
+    DEFAULT_CHECKPOINT_PATH,
+    ArchOption,
+    CheckpointOption,
+    JsonOption,
+    ThreadsOption,
+    console,
+)
+from optimize.compare import (
+    CompareReport,
+    batched_inputs,
+    candidates_from_sources,
+    compare_models,
+    reference_from_checkpoint,
+)
 from optimize.fileio import write_json
 from optimize.shapes import parse_size
 
@@ -30,10 +44,18 @@ def print_compare(report: CompareReport) -> None:
     for column in ("candidate", "precision", "result", "max abs", "MAD", "MSE", "SAD", "Grad", "Conn", "tolerance"):
         table.add_column(column, justify="left" if column in ("candidate", "result", "tolerance") else "right")
     for c in report.candidates:
-        verdict = "[green]pass" if c.passed else "[red]FAIL: " + "; ".join(c.failures)
+        verdict = "[green]pass" if c.passed else "[red]FAIL: " + escape("; ".join(c.failures))
         table.add_row(
-            c.name, c.precision, verdict, f"{c.max_abs:.2e}", f"{c.mad:.2e}", f"{c.mse:.2e}", f"{c.sad:.3f}",
-            f"{c.grad:.3f}", f"{c.conn:.3f}", f"atol {c.atol:g} rtol {c.rtol:g} MAD<={c.mad_budget:g}",
+            c.name,
+            c.precision,
+            verdict,
+            f"{c.max_abs:.2e}",
+            f"{c.mad:.2e}",
+            f"{c.mse:.2e}",
+            f"{c.sad:.3f}",
+            f"{c.grad:.3f}",
+            f"{c.conn:.3f}",
+            f"atol {c.atol:g} rtol {c.rtol:g} MAD<={c.mad_budget:g}",
         )
     console.print(table)
 
@@ -56,14 +78,21 @@ def compare(
     """Compare ONNX/TensorRT candidates with PyTorch FP32; exit 1 if any is out of tolerance."""
     height, width = parse_size(size)
     loaded = load_checkpoint(checkpoint, arch=arch)
-    sources = ModelSources(checkpoint=checkpoint, onnx=list(onnx or default_onnx_models()), engine=engine, arch=arch, threads=threads)
+    sources = ModelSources(
+        checkpoint=checkpoint, onnx=list(onnx or default_onnx_models()), engine=engine, arch=arch, threads=threads
+    )
     inputs = batched_inputs(loaded.normalization, height, width, batch, count, images)
     candidates, skipped = candidates_from_sources(sources)
-    description = {"images": str(images) if images else "generated composites", "count": count, "batch": batch, "size": size}
+    description = {
+        "images": str(images) if images else "generated composites",
+        "count": count,
+        "batch": batch,
+        "size": size,
+    }
     report = compare_models(reference_from_checkpoint(sources), candidates, inputs, input_description=description)
     print_compare(report)
     for s in skipped:
-        console.print(f"[dim]skipped {s['backend']}: {s['reason']}")
+        console.print(f"[dim]skipped {escape(s['backend'])}: {escape(s['reason'])}")
     if json_path:
         write_json(json_path, {**report.to_dict(), "skipped": skipped})
     raise typer.Exit(0 if report.passed else 1)

@@ -16,7 +16,9 @@ app = typer.Typer()
 @app.command("export")
 def export(
     checkpoint: Annotated[Path, typer.Argument(dir_okay=False, help="Checkpoint (.pth or .safetensors).")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", dir_okay=False, help="ONNX file [engines/<name>.onnx].")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", dir_okay=False, help="ONNX file [engines/<name>.onnx].")
+    ] = None,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = DEFAULT_OPSET,
     static_batch: Annotated[bool, typer.Option("--static-batch", help="Fix the batch dim to 1.")] = False,
     arch: ArchOption = None,

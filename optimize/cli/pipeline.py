@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from optimize.cli.common import DEFAULT_CHECKPOINT_PATH, CheckpointOption, ThreadsOption, console
 from optimize.pipeline import PipelineSettings, Stage, run_pipeline
@@ -20,20 +21,26 @@ def show_stage(stage: Stage) -> None:
     if stage.status == "pending":
         console.print(f"[dim]-> {stage.name}")
     else:
-        console.print(f"   {STATUS_STYLE[stage.status]}[/] {stage.name} ({stage.seconds:.1f} s): {stage.detail}")
+        console.print(
+            f"   {STATUS_STYLE[stage.status]}[/] {stage.name} ({stage.seconds:.1f} s): {escape(stage.detail)}"
+        )
 
 
 @app.command("pipeline")
 def pipeline(
     checkpoint: CheckpointOption = DEFAULT_CHECKPOINT_PATH,
     report: Annotated[Path, typer.Option("--report", file_okay=False, help="Report folder.")] = Path("reports/latest"),
-    images: Annotated[Path | None, typer.Option("--images", file_okay=False, help="Real images for compare and INT8 calibration.")] = None,
+    images: Annotated[
+        Path | None, typer.Option("--images", file_okay=False, help="Real images for compare and INT8 calibration.")
+    ] = None,
     size: Annotated[str, typer.Option("--size", help="H x W for compare.")] = "512x512",
     bench_batch: Annotated[str, typer.Option("--bench-batch", help="Batch sizes to bench.")] = "1,8",
     bench_size: Annotated[str, typer.Option("--bench-size", help="Sizes to bench.")] = "512x512",
     iterations: Annotated[int, typer.Option("--iterations", min=1, help="Timed runs per measurement.")] = 6,
     threads: ThreadsOption = None,
-    price_per_hour: Annotated[float | None, typer.Option("--price-per-hour", min=0, help="Instance price, USD/h.")] = None,
+    price_per_hour: Annotated[
+        float | None, typer.Option("--price-per-hour", min=0, help="Instance price, USD/h.")
+    ] = None,
 ) -> None:
     """Export, simplify, convert (FP16/INT8), build the TensorRT engine where possible, compare, bench, report."""
     settings = PipelineSettings(
@@ -47,7 +54,8 @@ def pipeline(
         calibration_images=images,
         price_per_hour=price_per_hour,
     )
-    state = run_pipeline(settings, on_stage=show_stage)
+    with console.status("running the pipeline") as status:
+        state = run_pipeline(settings, on_stage=show_stage, on_step=lambda label: status.update(f"bench: {label}"))
     console.print(f"report: {report / 'summary.md'}, {report / 'latency.png'}")
     if not state.passed:
         failed = [s.name for s in state.stages if s.status == "failed"]

@@ -17,8 +17,12 @@ app = typer.Typer()
 
 @app.command("simplify")
 def simplify(
-    onnx_path: Annotated[Path | None, typer.Argument(dir_okay=False, help="ONNX model [the last export in engines/].")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", dir_okay=False, help="Output [<name>.sim.onnx].")] = None,
+    onnx_path: Annotated[
+        Path | None, typer.Argument(dir_okay=False, help="ONNX model [the last export in engines/].")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", dir_okay=False, help="Output [<name>.sim.onnx].")
+    ] = None,
 ) -> None:
     """Simplify ONNX_PATH with onnxsim; print node counts and the op histogram before and after."""
     source = onnx_path or latest_fp32_onnx(simplified=False)
