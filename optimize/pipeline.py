@@ -135,24 +135,33 @@ def run_pipeline(
         state.simplified = result.path
         return f"{result.nodes_before} -> {result.nodes_after} nodes, max abs {result.max_abs:.1e}", result.path
 
+    def recipe_for(precision: str) -> Path | None:
+        # A checkpoint may ship the recipe `mopt debug precision` found for it: the nodes that must stay FP32.
+        path = s.checkpoint.with_name(f"{stem}.{precision}-recipe.json")
+        return path if path.is_file() else None
+
     def fp16_stage():
         _needs(state.simplified, "simplified ONNX model")
         from optimize.precision import fp16_onnx_from_onnx
 
-        state.fp16 = Path(fp16_onnx_from_onnx(state.simplified))
-        return "ModelOpt AutoCast, I/O kept FP32, verified in ONNX Runtime", state.fp16
+        recipe = recipe_for("fp16")
+        state.fp16 = Path(fp16_onnx_from_onnx(state.simplified, recipe=recipe))
+        kept = f", FP32 nodes from {recipe}" if recipe else ""
+        return f"ModelOpt AutoCast, I/O kept FP32{kept}, verified in ONNX Runtime", state.fp16
 
     def int8_stage():
         _needs(state.simplified, "simplified ONNX model")
         from optimize.quantize import int8_onnx_from_onnx
 
+        recipe = recipe_for("int8")
         if s.calibration_images is not None:
-            state.int8 = Path(int8_onnx_from_onnx(state.simplified, calib_dir=s.calibration_images))
+            state.int8 = Path(int8_onnx_from_onnx(state.simplified, calib_dir=s.calibration_images, recipe=recipe))
             source = f"calibrated on {s.calibration_images}"
         else:
-            state.int8 = Path(int8_onnx_from_onnx(state.simplified, synthetic=s.calibration_synthetic))
+            state.int8 = Path(int8_onnx_from_onnx(state.simplified, synthetic=s.calibration_synthetic, recipe=recipe))
             source = f"calibrated on {s.calibration_synthetic} generated composites"
-        return f"explicit Q/DQ, {source}", state.int8
+        kept = f", FP32 nodes from {recipe}" if recipe else ""
+        return f"explicit Q/DQ, {source}{kept}", state.int8
 
     def engine_stage():
         _needs(state.simplified, "simplified ONNX model")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,7 +15,9 @@ from optimize.cli.common import (
     DEFAULT_CHECKPOINT_PATH,
     ArchOption,
     CheckpointOption,
+    EngineOption,
     JsonOption,
+    OnnxModelsOption,
     ThreadsOption,
     console,
     progress,
@@ -79,10 +80,8 @@ def print_bench(report: BenchReport) -> None:
 @app.command("bench")
 def bench(
     checkpoint: CheckpointOption = DEFAULT_CHECKPOINT_PATH,
-    onnx: Annotated[
-        list[Path] | None, typer.Option("--onnx", dir_okay=False, help="ONNX model(s) [engines/ models].")
-    ] = None,
-    engine: Annotated[Path | None, typer.Option("--engine", dir_okay=False, help="TensorRT engine.")] = None,
+    onnx: OnnxModelsOption = None,
+    engine: EngineOption = None,
     backend: Annotated[
         str, typer.Option("--backend", help="Comma-separated backends (see docs).")
     ] = "torch,onnxruntime",

@@ -23,6 +23,11 @@ CheckpointOption = Annotated[
 ArchOption = Annotated[
     str | None, typer.Option("--arch", help="Architecture of a bare state dict (see `mopt info --list`).")
 ]
+OnnxModelsOption = Annotated[
+    list[Path] | None,
+    typer.Option("--onnx", dir_okay=False, help="ONNX model(s), repeatable [the FP32, FP16, INT8 models in engines/]."),
+]
+EngineOption = Annotated[Path | None, typer.Option("--engine", dir_okay=False, help="TensorRT engine (.plan).")]
 JsonOption = Annotated[Path | None, typer.Option("--json", dir_okay=False, help="Also write the results as JSON.")]
 ThreadsOption = Annotated[
     int | None, typer.Option("--threads", min=1, help="CPU threads for PyTorch and ONNX Runtime.")

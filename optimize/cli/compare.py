@@ -16,7 +16,9 @@ from optimize.cli.common import (
     DEFAULT_CHECKPOINT_PATH,
     ArchOption,
     CheckpointOption,
+    EngineOption,
     JsonOption,
+    OnnxModelsOption,
     ThreadsOption,
     console,
 )
@@ -63,10 +65,8 @@ def print_compare(report: CompareReport) -> None:
 @app.command("compare")
 def compare(
     checkpoint: CheckpointOption = DEFAULT_CHECKPOINT_PATH,
-    onnx: Annotated[
-        list[Path] | None, typer.Option("--onnx", dir_okay=False, help="ONNX candidate(s) [engines/ models].")
-    ] = None,
-    engine: Annotated[Path | None, typer.Option("--engine", dir_okay=False, help="TensorRT engine candidate.")] = None,
+    onnx: OnnxModelsOption = None,
+    engine: EngineOption = None,
     images: Annotated[Path | None, typer.Option("--images", file_okay=False, help="Folder of real images.")] = None,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Images per inference.")] = 2,
     size: Annotated[str, typer.Option("--size", help="Input H x W.")] = "512x512",

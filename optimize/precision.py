@@ -1,0 +1,557 @@
+"""FP32 ONNX -> mixed-precision FP16 ONNX with NVIDIA ModelOpt AutoCast, verified on the CPU with matte metrics.
+
+TensorRT 11 is strongly typed: it runs each layer in the precision the ONNX graph gives it, so FP16 is
+written into the graph here (inputs and outputs stay FP32, numerically sensitive nodes stay FP32) and the
+engine builder compiles that graph as it is.
+
+Verification is honest about the CPU: ONNX Runtime's CPU provider has FP16 kernels for only a few ops on
+x86 and runs the rest in FP32 behind casts it inserts itself, removing the casts between neighbours. Running
+the FP16 ONNX there proves it loads and runs, but hides FP16 rounding and overflow between layers. So every
+conversion is also measured on an *FP16 emulation*: the same graph in FP32 arithmetic with every FP16 tensor
+(weights and activations) rounded through FP16, which is what a GPU's FP16 kernels store between layers
+(they accumulate in FP32). The worse of the two measurements is the one judged against the budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import re
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+from optimize import __version__
+from optimize.artifacts import derived_path
+from optimize.deps import require
+from optimize.errors import MoptError
+from optimize.export import INPUT_NAME, onnx_normalization, set_metadata
+from optimize.fileio import atomic_output, file_sha256
+
+# Issue 3 acceptance: an FP16 matte within one 8-bit alpha step (1/255 = 3.9e-3) everywhere, a quarter step
+# on average.
+FP16_MAX_ABS = 4e-3
+FP16_MAD = 1e-3
+DEFAULT_VERIFY_SIZE = (256, 256)
+DEFAULT_VERIFY_COUNT = 4
+VERIFY_BATCH = 2
+_EMULATION_SUFFIX = "/mopt_fp16_emulation"
+# Loggers of the libraries called here; their INFO output is a wall of text a CLI user did not ask for.
+_NOISY_LOGGERS = ("modelopt", "modelopt.onnx", "modelopt.onnx.autocast", "modelopt.onnx.quantization", "root", "")
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Silence ModelOpt's and ONNX Runtime quantization's INFO/WARNING logging for the duration of a call."""
+    loggers = [logging.getLogger(name) if name else logging.getLogger() for name in _NOISY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def load_onnx(path: str | Path) -> onnx.ModelProto:
+    """Load an ONNX file (with its weights) or raise a MoptError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise MoptError(f"ONNX model {path} does not exist; export one with `mopt export CHECKPOINT`")
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # protobuf's DecodeError and friends share no narrower base class
+        raise MoptError(
+            f"{path} is not a readable ONNX model: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+        ) from exc
+
+
+def io_dims(model: onnx.ModelProto) -> dict[str, list[str | int]]:
+    """Dims of every graph input and output: symbolic names for dynamic dims, ints for fixed ones."""
+    return {
+        v.name: [d.dim_param if d.dim_param else d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*model.graph.input, *model.graph.output]
+    }
+
+
+def require_fp32_source(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse a model that is already reduced: converting twice compounds the error and hides it."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    precision = meta.get("mopt.precision", "fp32")
+    if precision != "fp32":
+        raise MoptError(f"{path} is already {precision} (mopt.precision); convert the FP32 model instead")
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
+        raise MoptError(f"{path} already has Q/DQ nodes; convert the FP32 model instead")
+    if any(i.data_type == TensorProto.FLOAT16 for i in model.graph.initializer):
+        raise MoptError(f"{path} already has FP16 weights; convert the FP32 model instead")
+
+
+# --- inputs and measurement ----------------------------------------------------------------------------------
+
+
+def spatial_size(model: onnx.ModelProto) -> tuple[int, int] | None:
+    """The model's fixed input H x W, or None when they are dynamic."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    if len(dims) != 4:
+        raise MoptError(f"model input has {len(dims)} dims; mopt models take N x 3 x H x W images")
+    h, w = dims[2], dims[3]
+    if h.dim_value > 0 and w.dim_value > 0:
+        return h.dim_value, w.dim_value
+    return None
+
+
+def verification_inputs(
+    onnx_path: str | Path,
+    images: str | Path | None = None,
+    size: tuple[int, int] | None = None,
+    count: int = DEFAULT_VERIFY_COUNT,
+    seed: int = 0,
+) -> tuple[np.ndarray, dict]:
+    """Preprocessed inputs to measure a reduced model on, with a description for reports.
+
+    Args:
+        onnx_path: the FP32 model; its recorded normalization and fixed dims (if any) are used.
+        images: folder of real images; the built-in synthetic composites when None.
+        size: ``(height, width)``; the model's fixed size, else 256 x 256, when None.
+        count: number of images.
+        seed: synthetic composite seed.
+
+    Raises:
+        MoptError: the folder is missing, empty or unreadable, or ``size`` contradicts the model's fixed size.
+    """
+    from optimize.images import inputs_from_folder, synthetic_inputs
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    fixed = spatial_size(model)
+    if size is not None and fixed is not None and tuple(size) != fixed:
+        raise MoptError(
+            f"size {size[0]}x{size[1]} does not fit {onnx_path}, whose input is fixed at {fixed[0]}x{fixed[1]}"
+        )
+    height, width = size or fixed or DEFAULT_VERIFY_SIZE
+    if count <= 0:
+        raise MoptError(f"image count must be positive, got {count}")
+    normalization = onnx_normalization(onnx_path)
+    if images is not None:
+        inputs = inputs_from_folder(images, normalization, height, width, limit=count)
+        source = str(images)
+    else:
+        inputs = synthetic_inputs(count, height, width, normalization, seed=seed)
+        source = "synthetic composites"
+    return inputs, {"images": source, "count": int(inputs.shape[0]), "size": f"{height}x{width}"}
+
+
+def onnx_session(model: str | Path | onnx.ModelProto, threads: int | None = None, label: str = "model"):
+    """An ONNX Runtime CPU session, or a MoptError saying why the model cannot run there."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    try:
+        return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises Fail/InvalidGraph/NotImplemented from its C extension
+        raise MoptError(f"ONNX Runtime (CPU) cannot run the {label}: {str(exc).splitlines()[0]}") from exc
+
+
+def run_onnx(
+    model: str | Path | onnx.ModelProto,
+    inputs: np.ndarray,
+    batch: int = VERIFY_BATCH,
+    threads: int | None = None,
+    label: str = "model",
+) -> np.ndarray:
+    """Alpha of ``inputs`` (N x 3 x H x W) from an ONNX model on ONNX Runtime's CPU provider, in batches."""
+    session = onnx_session(model, threads, label)
+    name = session.get_inputs()[0].name
+    outputs = []
+    for start in range(0, len(inputs), batch):
+        feed = np.ascontiguousarray(inputs[start : start + batch], dtype=np.float32)
+        try:
+            outputs.append(np.asarray(session.run(None, {name: feed})[0], dtype=np.float32))
+        except Exception as exc:  # a kernel failing at run time (shape, missing type) is reported, not raised raw
+            raise MoptError(f"ONNX Runtime (CPU) failed running the {label}: {str(exc).splitlines()[0]}") from exc
+    return np.concatenate(outputs)
+
+
+@dataclass
+class AccuracyCheck:
+    """How far a reduced model's mattes are from the FP32 model's, on one backend.
+
+    Attributes:
+        label: what ran, e.g. ``"onnxruntime-cpu"`` or ``"fp16-emulation"``.
+        max_abs: largest |alpha difference| of any pixel.
+        mad: mean absolute difference (averaged per image).
+        mse: mean squared difference.
+        nonfinite: NaN/Inf values in the reduced model's output (metrics are then infinite).
+    """
+
+    label: str
+    max_abs: float
+    mad: float
+    mse: float
+    nonfinite: int = 0
+
+    def metrics(self) -> dict[str, float]:
+        return {"mad": self.mad, "max_abs": self.max_abs, "mse": self.mse}
+
+
+def accuracy_check(reference: np.ndarray, candidate: np.ndarray, label: str) -> AccuracyCheck:
+    """Matte metrics of ``candidate`` against ``reference`` (both N x 1 x H x W alpha)."""
+    from optimize.metrics import matte_metrics
+
+    if candidate.shape != reference.shape:
+        raise MoptError(f"{label} returns alpha of shape {candidate.shape}, the FP32 model {reference.shape}")
+    nonfinite = int((~np.isfinite(candidate)).sum())
+    if nonfinite:
+        return AccuracyCheck(label, math.inf, math.inf, math.inf, nonfinite)
+    # Both outputs come out of a sigmoid, but FP16/INT8 rounding can step a hair outside [0, 1].
+    m = matte_metrics(np.clip(candidate, 0.0, 1.0), np.clip(reference, 0.0, 1.0))
+    return AccuracyCheck(label, m.max_abs, m.mad, m.mse, 0)
+
+
+def worst_metrics(checks: Sequence[AccuracyCheck]) -> dict[str, float]:
+    """Per metric, the worst value over several checks of the same model."""
+    return {k: max(c.metrics()[k] for c in checks) for k in ("mad", "max_abs", "mse")}
+
+
+# --- FP16 graph conversion -----------------------------------------------------------------------------------
+
+
+def node_exclusion_patterns(names: Sequence[str]) -> list[str]:
+    """AutoCast and ModelOpt match node names as regular expressions: escape and anchor each exact name."""
+    return [f"{re.escape(n)}$" for n in names]
+
+
+def float_output_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes (in graph order) with a float32 output: the ones a precision change can affect."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = tensor_types(inferred)
+    return [
+        n.name
+        for n in inferred.graph.node
+        if n.op_type != "Constant" and any(types.get(o) == TensorProto.FLOAT for o in n.output if o)
+    ]
+
+
+def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Tensor name -> ONNX element type for every typed tensor of a (shape-inferred) model."""
+    types = {
+        v.name: v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.value_info, *model.graph.output]
+    }
+    types.update({i.name: i.data_type for i in model.graph.initializer})
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    types[node.output[0]] = attr.t.data_type
+    return types
+
+
+def fp16_model_from_onnx(
+    onnx_path: str | Path,
+    nodes_to_keep_fp32: Sequence[str] = (),
+    op_types_to_keep_fp32: Sequence[str] = (),
+    reference_inputs: np.ndarray | None = None,
+    autocast_rules: bool = True,
+) -> onnx.ModelProto:
+    """Convert an FP32 ONNX to mixed FP16/FP32 in memory with ModelOpt AutoCast (I/O kept FP32).
+
+    Args:
+        onnx_path: the FP32 model.
+        nodes_to_keep_fp32: exact node names to leave in FP32 (a recipe's nodes).
+        op_types_to_keep_fp32: op types to leave in FP32.
+        reference_inputs: preprocessed images AutoCast runs the FP32 model on to find nodes whose values
+            exceed FP16's safe range (its ``data_max`` rule); synthetic composites when None.
+        autocast_rules: apply AutoCast's range rule; False converts everything not named (the debugger passes
+            the rule's verdict as names instead, which skips AutoCast's reference run).
+    """
+    autocast = require("modelopt.onnx.autocast")
+    kwargs = {}
+    if not autocast_rules:
+        kwargs["data_max"] = np.inf  # no reference run: only the names given and the weight-range rule decide
+    if autocast_rules and reference_inputs is None:
+        # AutoCast's own random data would give dynamic dims the size 1, which a U-Net cannot downsample.
+        reference_inputs = verification_inputs(onnx_path)[0]
+    with tempfile.TemporaryDirectory(prefix="mopt-autocast-") as tmp, quiet_libraries():
+        if reference_inputs is not None and autocast_rules:
+            # AutoCast reads reference data from an .npz keyed by input name.
+            calibration = Path(tmp) / "reference.npz"
+            np.savez(calibration, **{INPUT_NAME: reference_inputs.astype(np.float32)})
+            kwargs["calibration_data"] = str(calibration)
+        try:
+            return autocast.convert_to_mixed_precision(
+                onnx_path=str(onnx_path),
+                low_precision_type="fp16",
+                nodes_to_exclude=node_exclusion_patterns(nodes_to_keep_fp32),
+                op_types_to_exclude=list(op_types_to_keep_fp32),
+                keep_io_types=True,
+                providers=["cpu"],
+                **kwargs,
+            )
+        except (ValueError, KeyError, RuntimeError, AssertionError) as exc:
+            # AutoCast validates with assert/ValueError; turn its complaint into one line the user can act on.
+            raise MoptError(
+                f"ModelOpt AutoCast could not convert {onnx_path} to FP16: "
+                f"{str(exc).splitlines()[0] if str(exc) else exc!r}"
+            ) from exc
+
+
+def fp32_nodes_of(fp16_model: onnx.ModelProto, candidates: Sequence[str]) -> list[str]:
+    """Which of ``candidates`` (float-output nodes of the source) a converted model still runs in FP32."""
+    types = tensor_types(onnx.shape_inference.infer_shapes(fp16_model))
+    outputs = {n.name: [o for o in n.output if o] for n in fp16_model.graph.node}
+    kept = []
+    for name in candidates:
+        outs = outputs.get(name, [])
+        # keep_io_types renames the last node's output (it feeds a Cast to FP32), so judge by any output.
+        if outs and not any(types.get(o) == TensorProto.FLOAT16 for o in outs):
+            kept.append(name)
+    return kept
+
+
+def fp16_emulation_from_model(fp16_model: onnx.ModelProto) -> onnx.ModelProto:
+    """An FP32 graph that computes what the FP16 graph computes on hardware with FP16 kernels.
+
+    Every FP16 initializer and constant becomes FP32 with the same (FP16-representable) value, and every
+    FP16 tensor a node produces is computed in FP32 and rounded through FP16 by a Cast pair, so FP16 rounding,
+    overflow to Inf and underflow happen at the same tensors as on the GPU, while ONNX Runtime's CPU provider
+    runs every op in FP32. Accumulation inside an op stays FP32, as in TensorRT's FP16 kernels.
+
+    Raises:
+        MoptError: the graph uses an op whose FP16 typing this emulation cannot express.
+    """
+    model = copy.deepcopy(fp16_model)
+    types = tensor_types(onnx.shape_inference.infer_shapes(model))
+    graph = model.graph
+    for index, init in enumerate(graph.initializer):
+        if init.data_type == TensorProto.FLOAT16:
+            graph.initializer[index].CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float32), init.name)
+            )
+    nodes = []
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT16:
+                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float32), attr.t.name))
+            elif attr.name in ("to", "dtype") and attr.i == TensorProto.FLOAT16 and node.op_type != "Cast":
+                raise MoptError(
+                    f"cannot emulate FP16 for {node.op_type} node {node.name} (it creates FP16 by attribute)"
+                )
+        if node.op_type == "Constant":
+            nodes.append(node)
+            continue
+        rounded = []
+        for i, out in enumerate(node.output):
+            if out and types.get(out) == TensorProto.FLOAT16:
+                raw = out + _EMULATION_SUFFIX
+                node.output[i] = raw
+                rounded.append((raw, out))
+        nodes.append(node)
+        for raw, out in rounded:
+            if node.op_type == "Cast":  # already rounds to FP16: only bring it back to FP32
+                nodes.append(onnx.helper.make_node("Cast", [raw], [out], to=TensorProto.FLOAT, name=raw + "/to_fp32"))
+            else:
+                half = raw + "/fp16"
+                nodes.append(onnx.helper.make_node("Cast", [raw], [half], to=TensorProto.FLOAT16, name=half))
+                nodes.append(onnx.helper.make_node("Cast", [half], [out], to=TensorProto.FLOAT, name=raw + "/to_fp32"))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]  # element types changed; ONNX Runtime re-infers them
+    for value in [*graph.input, *graph.output]:
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT16:
+            value.type.tensor_type.elem_type = TensorProto.FLOAT
+    return model
+
+
+def ort_cpu_fp16_compute(fp16_path: str | Path) -> tuple[int, int]:
+    """How many FP16 compute nodes ONNX Runtime's CPU provider really runs in FP16.
+
+    Returns:
+        ``(run_in_fp16, fp16_in_graph)``: nodes (other than Cast) with an FP16 output after ONNX Runtime's
+        basic optimizations and cast insertion, and before them.
+    """
+    import onnxruntime as ort
+
+    def fp16_compute(model: onnx.ModelProto) -> int:
+        types = tensor_types(onnx.shape_inference.infer_shapes(model))
+        return sum(
+            1
+            for n in model.graph.node
+            if n.op_type not in ("Cast", "Constant") and any(types.get(o) == TensorProto.FLOAT16 for o in n.output if o)
+        )
+
+    with tempfile.TemporaryDirectory(prefix="mopt-ortopt-") as tmp:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        # Basic level: constant folding and cast insertion, none of the hardware-specific layout rewrites.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(fp16_path), sess_options=options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath)
+    return fp16_compute(optimized), fp16_compute(onnx.load(str(fp16_path)))
+
+
+@dataclass
+class Fp16Result:
+    """What :func:`fp16_conversion_from_onnx` wrote and how it measured.
+
+    Attributes:
+        path: the FP16 ONNX.
+        kept_fp32: float nodes left in FP32 (AutoCast's range rule plus the recipe), in graph order.
+        converted: float nodes converted to FP16.
+        fp16_initializers: FP16 weight tensors in the written model.
+        casts: Cast nodes in the written model (precision boundaries and I/O).
+        ort_fp16_nodes: ``(run in FP16 by ONNX Runtime CPU, FP16 nodes in the graph)``.
+        checks: the ONNX Runtime CPU measurement and the FP16-emulation measurement against the FP32 model.
+        inputs: what the checks ran on.
+    """
+
+    path: Path
+    kept_fp32: list[str]
+    converted: int
+    fp16_initializers: int
+    casts: int
+    ort_fp16_nodes: tuple[int, int]
+    checks: list[AccuracyCheck] = field(default_factory=list)
+    inputs: dict = field(default_factory=dict)
+
+    @property
+    def worst(self) -> dict[str, float]:
+        return worst_metrics(self.checks)
+
+
+def fp16_checks(
+    fp32_path: str | Path,
+    fp16_model: onnx.ModelProto | str | Path,
+    inputs: np.ndarray,
+    reference: np.ndarray | None = None,
+    threads: int | None = None,
+) -> list[AccuracyCheck]:
+    """Measure an FP16 model against the FP32 one: as ONNX Runtime CPU runs it, and as FP16 hardware would."""
+    model = fp16_model if isinstance(fp16_model, onnx.ModelProto) else onnx.load(str(fp16_model))
+    if reference is None:
+        reference = run_onnx(fp32_path, inputs, threads=threads, label="FP32 model")
+    ort_out = run_onnx(model, inputs, threads=threads, label="FP16 model")
+    emulated = run_onnx(fp16_emulation_from_model(model), inputs, threads=threads, label="FP16 emulation")
+    return [
+        accuracy_check(reference, ort_out, "onnxruntime-cpu"),
+        accuracy_check(reference, emulated, "fp16-emulation"),
+    ]
+
+
+def fp16_conversion_from_onnx(
+    onnx_path: str | Path,
+    output: str | Path | None = None,
+    recipe: str | Path | None = None,
+    images: str | Path | None = None,
+    size: tuple[int, int] | None = None,
+    count: int = DEFAULT_VERIFY_COUNT,
+    max_abs: float = FP16_MAX_ABS,
+    mad: float = FP16_MAD,
+    threads: int | None = None,
+) -> Fp16Result:
+    """Convert an FP32 ONNX to FP16 (AutoCast, I/O FP32) and prove its mattes stay within the budget.
+
+    Args:
+        onnx_path: the FP32 model (exported or simplified).
+        output: destination; ``<name>.fp16.onnx`` beside the input when None.
+        recipe: a ``mopt debug precision --fp16`` recipe: its nodes and op types stay in FP32.
+        images: folder of images to verify on (and for AutoCast's range rule); synthetic composites when None.
+        size: verification ``(height, width)``; the model's fixed size or 256 x 256 when None.
+        count: verification images.
+        max_abs: largest accepted |alpha difference| against the FP32 model.
+        mad: largest accepted mean absolute difference.
+        threads: ONNX Runtime CPU threads.
+
+    Raises:
+        MoptError: unreadable or already reduced input, a recipe that does not fit, conversion failure, a
+            dynamic dim that became fixed, no FP16 compute left, or mattes over the budget. Nothing is written then.
+    """
+    from optimize.recipe import load_recipe, recipe_exclusions
+
+    onnx_path = Path(onnx_path)
+    source = load_onnx(onnx_path)
+    require_fp32_source(source, onnx_path)
+    output = Path(output) if output else derived_path(onnx_path, "fp16")
+    if output.suffix != ".onnx":
+        raise MoptError(f"output {output} must end in .onnx")
+    if output.resolve() == onnx_path.resolve():
+        raise MoptError(f"output {output} is the input file; choose another -o")
+    keep: list[str] = []
+    if recipe is not None:
+        loaded = load_recipe(recipe, precision="fp16")
+        keep = recipe_exclusions(
+            loaded, [n.name for n in source.graph.node], {n.name: n.op_type for n in source.graph.node}
+        )
+    inputs, description = verification_inputs(onnx_path, images, size, count)
+
+    converted = fp16_model_from_onnx(onnx_path, nodes_to_keep_fp32=keep, reference_inputs=inputs)
+    if io_dims(converted) != io_dims(source):
+        raise MoptError(
+            f"FP16 conversion changed the model's I/O {io_dims(source)} -> {io_dims(converted)}; not written"
+        )
+    candidates = float_output_nodes(source)
+    kept = fp32_nodes_of(converted, candidates)
+    fp16_inits = sum(i.data_type == TensorProto.FLOAT16 for i in converted.graph.initializer)
+    if len(kept) == len(candidates) or fp16_inits == 0:
+        raise MoptError(
+            f"FP16 conversion of {onnx_path} left every node in FP32 (the recipe or AutoCast's rules keep them all); "
+            "not written"
+        )
+    meta = {p.key: p.value for p in source.metadata_props}
+    set_metadata(
+        converted,
+        {
+            **meta,
+            "mopt.precision": "fp16",
+            "mopt.version": __version__,
+            "mopt.source_onnx_sha256": file_sha256(onnx_path),
+            "mopt.fp16_kept_fp32": json.dumps(kept),
+        },
+    )
+    with atomic_output(output) as tmp:
+        onnx.save(converted, str(tmp))
+        checks = fp16_checks(onnx_path, converted, inputs, threads=threads)
+        worst = worst_metrics(checks)
+        if not (worst["max_abs"] <= max_abs and worst["mad"] <= mad):
+            culprit = max(checks, key=lambda c: c.mad)
+            raise MoptError(
+                f"FP16 mattes differ from FP32 by max abs {worst['max_abs']:.2e} (budget {max_abs:.0e}), "
+                f"MAD {worst['mad']:.2e} (budget {mad:.0e}) on {culprit.label}; not written: find the nodes to keep "
+                f"in FP32 with `mopt debug precision {onnx_path} --fp16 -o recipe.json`, then pass --recipe recipe.json"
+            )
+        ort_nodes = ort_cpu_fp16_compute(tmp)
+    return Fp16Result(
+        path=output,
+        kept_fp32=kept,
+        converted=len(candidates) - len(kept),
+        fp16_initializers=fp16_inits,
+        casts=Counter(n.op_type for n in converted.graph.node)["Cast"],
+        ort_fp16_nodes=ort_nodes,
+        checks=checks,
+        inputs=description,
+    )
+
+
+def fp16_onnx_from_onnx(
+    onnx_path: str | Path,
+    output: str | Path | None = None,
+    recipe: str | Path | None = None,
+    **kwargs: Any,
+) -> Path:
+    """Convert an FP32 ONNX to a verified FP16 ONNX and return its path (see :func:`fp16_conversion_from_onnx`)."""
+    return fp16_conversion_from_onnx(onnx_path, output, recipe, **kwargs).path
