@@ -43,12 +43,12 @@ class Tolerance:
 
 
 # FP32: kernels differ only in summation order. FP16: a few 8-bit alpha steps (1/255 = 3.9e-3) at the
-# worst pixel, a fraction of a step on average. INT8: edges move by tens of levels, the mean must stay
-# within 1e-2 (the quantization acceptance bar).
+# worst boundary pixel, a fraction of a step on average. INT8: boundary pixels can flip, so the element-wise
+# bound only rules out garbage and the MAD budget (the quantization acceptance bar) decides.
 PRECISION_TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-3, mad=1e-5),
-    "fp16": Tolerance(atol=1e-2, rtol=0.0, mad=1e-3),
-    "int8": Tolerance(atol=0.5, rtol=0.0, mad=1e-2),
+    "fp16": Tolerance(atol=2e-2, rtol=0.0, mad=1e-3),
+    "int8": Tolerance(atol=1.0, rtol=0.0, mad=1e-2),
 }
 
 

@@ -31,8 +31,9 @@ RECIPE_VERSION = 1
 PRECISIONS = ("fp16", "int8")
 # Metrics a budget may bound: all three are cheap, per-pixel and defined for any pair of mattes.
 BUDGET_METRICS = ("mad", "max_abs", "mse")
-# A step lists the kept nodes by name up to this many; larger sets (a bisection prefix) only by count.
-STEP_NAME_LIMIT = 64
+# A step lists the kept nodes by name up to this many; larger sets (a bisection prefix, described by its last node)
+# only by count, which keeps a 200-step recipe readable.
+STEP_NAME_LIMIT = 16
 
 
 @dataclass(frozen=True)
