@@ -149,6 +149,21 @@ class DecodedImage:
         return self.rgb.shape[0], self.rgb.shape[1]
 
 
+def decoded_from_image(image: Image.Image) -> DecodedImage:
+    """A loaded PIL image -> its oriented RGB and its own transparency (``None`` when it hides nothing).
+
+    Shared by files (``mopt matte``) and uploaded bytes (``mopt serve``) so both read images identically.
+    """
+    oriented = ImageOps.exif_transpose(image)
+    transparency = None
+    if _has_transparency(oriented):
+        rgba = oriented.convert("RGBA")  # applies a palette or tRNS transparency too
+        transparency = np.asarray(rgba.getchannel("A"), dtype=np.uint8).copy()
+        if transparency.min() == 255:
+            transparency = None  # an alpha channel that hides nothing
+    return DecodedImage(_oriented_to_rgb(oriented), transparency)
+
+
 def load_image(path: str | Path, strict: bool = True) -> DecodedImage:
     """Read an image file with its own transparency, EXIF orientation applied.
 
@@ -164,14 +179,7 @@ def load_image(path: str | Path, strict: bool = True) -> DecodedImage:
     try:
         with _open_checked(path, strict) as image:
             image.load()
-            oriented = ImageOps.exif_transpose(image)
-            transparency = None
-            if _has_transparency(oriented):
-                rgba = oriented.convert("RGBA")  # applies a palette or tRNS transparency too
-                transparency = np.asarray(rgba.getchannel("A"), dtype=np.uint8).copy()
-                if transparency.min() == 255:
-                    transparency = None  # an alpha channel that hides nothing
-            return DecodedImage(_oriented_to_rgb(oriented), transparency)
+            return decoded_from_image(image)
     except MoptError as exc:
         raise _decode_error(path, exc) from exc
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:

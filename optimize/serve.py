@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from optimize.backends import InferenceBackend, ModelSources, backend_spec
 from optimize.checkpoint import Normalization
@@ -51,12 +51,12 @@ from optimize.errors import MoptError
 from optimize.images import (
     DECODE_FORMATS,
     DecodedImage,
+    decoded_from_image,
     encode_png,
     matte_pixels,
     preprocess,
     resize_alpha,
     resize_rgb,
-    to_rgb_uint8,
 )
 from optimize.matte import (
     BACKEND_PREFERENCE,
@@ -128,13 +128,7 @@ def decode_image(data: bytes) -> DecodedImage:
     try:
         with Image.open(io.BytesIO(data), formats=DECODE_FORMATS) as image:
             image.load()
-            rgb = to_rgb_uint8(image)
-            transparency = None
-            if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-                oriented = ImageOps.exif_transpose(image).convert("RGBA")  # also applies palette transparency
-                alpha = np.asarray(oriented.getchannel("A"), dtype=np.uint8)
-                transparency = alpha.copy() if alpha.min() < 255 else None  # an alpha that hides nothing
-            return DecodedImage(rgb, transparency)
+            return decoded_from_image(image)
     except UnidentifiedImageError as exc:
         raise MoptError(f"cannot decode image ({len(data)} bytes): not a JPEG, PNG, WebP, BMP or TIFF image") from exc
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -417,8 +411,9 @@ def check_ports_free(host: str, ports: dict[str, int]) -> None:
                 ) from exc
 
 
-def _bind_models(triton: Any, predictor: MattePredictor, options: ServeOptions, max_batch: int,
-                 preferred: list[int]) -> list[str]:
+def _bind_models(
+    triton: Any, predictor: MattePredictor, options: ServeOptions, max_batch: int, preferred: list[int]
+) -> list[str]:
     """Bind the encoded-image model and the uint8-tensor model to ``triton``; returns their names."""
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 
@@ -660,16 +655,20 @@ def wait_for_server(url: str, model: str, timeout_s: float = 60.0) -> None:
         except Exception as exc:  # connection refused and friends come as several gevent/socket types
             last = _first_line(exc)
         time.sleep(0.25)
-    raise MoptError(f"no Triton server with model {model!r} ready at {url} after {timeout_s:.0f}s ({last}); "
-                    f"start one with `mopt serve`")
+    raise MoptError(
+        f"no Triton server with model {model!r} ready at {url} after {timeout_s:.0f}s ({last}); "
+        f"start one with `mopt serve`"
+    )
 
 
 def _infer_once(client: Any, http: Any, model: str, payload: bytes) -> str:
     """Send one image; return the server's error text ('' on success)."""
     tensor = http.InferInput(IMAGE_INPUT, [1, 1], "BYTES")
     tensor.set_data_from_numpy(np.array([[payload]], dtype=object), binary_data=True)
-    outputs = [http.InferRequestedOutput(ALPHA_OUTPUT, binary_data=True),
-               http.InferRequestedOutput(ERROR_OUTPUT, binary_data=True)]
+    outputs = [
+        http.InferRequestedOutput(ALPHA_OUTPUT, binary_data=True),
+        http.InferRequestedOutput(ERROR_OUTPUT, binary_data=True),
+    ]
     result = client.infer(model, [tensor], outputs=outputs)
     error = result.as_numpy(ERROR_OUTPUT)
     return error.reshape(-1)[0].decode() if error is not None and error.size else ""
@@ -678,8 +677,17 @@ def _infer_once(client: Any, http: Any, model: str, payload: bytes) -> str:
 class _LoadLevel:
     """One concurrency level: ``clients`` threads sharing a request budget and a deadline."""
 
-    def __init__(self, http: Any, address: str, model: str, payloads: Sequence[bytes], clients: int, requests: int,
-                 warmup: int, timeout_s: float) -> None:
+    def __init__(
+        self,
+        http: Any,
+        address: str,
+        model: str,
+        payloads: Sequence[bytes],
+        clients: int,
+        requests: int,
+        warmup: int,
+        timeout_s: float,
+    ) -> None:
         self.http, self.address, self.model, self.payloads = http, address, model, payloads
         self.clients, self.requests, self.warmup, self.timeout_s = clients, requests, warmup, timeout_s
         self.latencies: list[float] = []
