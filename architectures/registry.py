@@ -69,7 +69,10 @@ def model_config(name: str, **overrides: Any) -> Any:
 def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build the variant ``name``; the module keeps ``arch_name`` and ``config`` for checkpoints and export."""
     config = model_config(name, **overrides)
-    model = model_entry(name).build(config)
+    try:
+        model = model_entry(name).build(config)
+    except ValueError as exc:  # inconsistent config values, e.g. from a checkpoint's stored config
+        raise MoptError(f"invalid config for architecture {name!r}: {exc}") from exc
     model.arch_name = name
     model.config = config
     return model

@@ -81,6 +81,35 @@ def max_abs_vs_torch(model: torch.nn.Module, onnx_path: Path, shapes: tuple[tupl
     return checks
 
 
+def export_module(
+    model: torch.nn.Module,
+    path: str | Path,
+    opset: int = DEFAULT_OPSET,
+    static_batch: bool = False,
+    output_name: str = OUTPUT_NAME,
+) -> None:
+    """Trace ``model`` (one ``N,3,H,W`` input, one 4-D output) to ONNX at ``path``, H and W dynamic.
+
+    The bare export step: no metadata and no verification; :func:`onnx_from_checkpoint` adds both.
+    """
+    dynamic = {0: "batch", 2: "height", 3: "width"} if not static_batch else {2: "height", 3: "width"}
+    with warnings.catch_warnings(), torch.inference_mode():
+        # The TorchScript exporter is deprecated in favour of dynamo but gives the plainest graph
+        # (no symbolic-shape guards) for a convolutional model with data-dependent Resize sizes.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(),
+            (torch.zeros(1, 3, 256, 256),),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[output_name],
+            dynamic_axes={INPUT_NAME: dynamic, output_name: dynamic},
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
 def onnx_from_checkpoint(
     checkpoint: str | Path | LoadedCheckpoint,
     output: str | Path | None = None,
@@ -107,24 +136,8 @@ def onnx_from_checkpoint(
     if output.suffix != ".onnx":
         raise MoptError(f"output {output} must end in .onnx")
     model = loaded.model.eval().cpu()
-    dynamic = {0: "batch", 2: "height", 3: "width"} if not static_batch else {2: "height", 3: "width"}
-    example = torch.zeros(1, 3, 256, 256)
     with atomic_output(output) as tmp:
-        with warnings.catch_warnings(), torch.inference_mode():
-            # The TorchScript exporter is deprecated in favour of dynamo but gives the plainest graph
-            # (no symbolic-shape guards) for a convolutional model with data-dependent Resize sizes.
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                (example,),
-                str(tmp),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: dynamic, OUTPUT_NAME: dynamic},
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-            )
+        export_module(model, tmp, opset, static_batch)
         proto = onnx.load(str(tmp))
         set_metadata(
             proto,

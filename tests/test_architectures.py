@@ -9,10 +9,11 @@ from optimize.modelinfo import info_from_model
 
 
 def test_registry_lists_every_variant():
-    assert {"cvunet-mbv3-large", "cvunet-mbv3-small", "cvunet-tiny", "unet-classic"} <= set(list_models())
+    expected = {"cvunet-mbv3-large", "cvunet-mbv3-large-s2", "cvunet-mbv3-small", "cvunet-tiny", "unet-classic"}
+    assert expected <= set(list_models())
 
 
-@pytest.mark.parametrize("name", ["cvunet-mbv3-large", "cvunet-mbv3-small", "cvunet-tiny"])
+@pytest.mark.parametrize("name", ["cvunet-mbv3-large", "cvunet-mbv3-large-s2", "cvunet-mbv3-small", "cvunet-tiny"])
 @pytest.mark.parametrize("hw", [(64, 64), (37, 53), (97, 33)])
 def test_cvunet_returns_alpha_of_input_size(name, hw):
     model = create_model(name).eval()
@@ -50,6 +51,32 @@ def test_decoder_block_order_is_dw_pw_se_bn_relu6():
     assert block.depthwise.groups == 16 and block.depthwise.kernel_size == (3, 3)
     assert block.se.reduce.out_channels == 4  # max(4, 8 // 8)
     assert isinstance(block.act, torch.nn.ReLU6)
+
+
+def test_stride2_variant_stops_decoding_at_half_resolution():
+    full = create_model("cvunet-mbv3-large")
+    half = create_model("cvunet-mbv3-large-s2").eval()
+    assert len(full.decoder) == 5 and len(half.decoder) == 4
+    seen = []
+    half.head.register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    with torch.inference_mode():
+        assert half(torch.randn(1, 3, 65, 47)).shape == (1, 1, 65, 47)
+    assert seen == [(1, 1, 33, 24)]  # the stride-2 skip's size; the logits are then upsampled
+    assert info_from_model(half, 256, 256).gflops < 0.9 * info_from_model(full, 256, 256).gflops
+
+
+def test_inconsistent_cvunet_config_is_a_user_error():
+    with pytest.raises(MoptError, match="output_stride must be 1 or 2"):
+        create_model("cvunet-tiny", output_stride=4)
+    with pytest.raises(MoptError, match="decoder_channels needs 4 entries for output_stride 2"):
+        create_model("cvunet-tiny", output_stride=2)
+
+
+def test_config_without_output_stride_builds_the_full_resolution_decoder():
+    # Checkpoints written before output_stride existed store no such field.
+    stored = architectures.config_to_dict(model_config("cvunet-tiny"))
+    del stored["output_stride"]
+    assert len(create_model("cvunet-tiny", **stored).decoder) == 5
 
 
 def test_make_divisible():
