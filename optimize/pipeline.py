@@ -154,12 +154,16 @@ def run_pipeline(
         from optimize.quantize import int8_onnx_from_onnx
 
         recipe = recipe_for("int8")
+        # Calibrate at the size the model is compared and benchmarked at: activation ranges depend on the
+        # input scale, and a recipe made at that size assumes them.
+        calibration = {"calib_size": s.size, "size": s.size, "recipe": recipe}
         if s.calibration_images is not None:
-            state.int8 = Path(int8_onnx_from_onnx(state.simplified, calib_dir=s.calibration_images, recipe=recipe))
+            state.int8 = Path(int8_onnx_from_onnx(state.simplified, calib_dir=s.calibration_images, **calibration))
             source = f"calibrated on {s.calibration_images}"
         else:
-            state.int8 = Path(int8_onnx_from_onnx(state.simplified, synthetic=s.calibration_synthetic, recipe=recipe))
+            state.int8 = Path(int8_onnx_from_onnx(state.simplified, synthetic=s.calibration_synthetic, **calibration))
             source = f"calibrated on {s.calibration_synthetic} generated composites"
+        source += f" at {s.size[0]}x{s.size[1]}"
         kept = f", FP32 nodes from {recipe}" if recipe else ""
         return f"explicit Q/DQ, {source}{kept}", state.int8
 

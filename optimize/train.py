@@ -475,6 +475,9 @@ def checkpoint_from_training(
         "seed": seed,
         "threads": threads,
         "init": str(init) if init is not None else None,
+        # Provenance of a fine-tune: what it started from, and how that was trained (nested, stage by stage).
+        "init_sha256": loaded.sha256 if init is not None else None,
+        "init_train": loaded.extra.get("train") if init is not None else None,
         "val_iou": round(final.val_iou, 5),
         "val_mad": round(final.val_mad, 6),
         "val_set": val_desc,

@@ -32,6 +32,10 @@ def test_pipeline_runs_every_stage_and_writes_the_report(tiny_checkpoint, tmp_pa
     assert ("export", "pending") in seen and ("export", "ok") in seen
     for name in ("checkpoint", "export", "simplify", "compare", "bench"):
         assert stages[name].status == "ok", (name, stages[name].detail)
+    # INT8 is calibrated at the size the pipeline compares at, not the quantizer's 256x256 default.
+    assert stages["int8"].status == "ok" and stages["int8"].detail.count("at 64x48") == 1
+    cache = json.loads(next((tmp_path / "engines").glob("*.int8.calib.json")).read_text())
+    assert cache["calibration"]["size"] == "64x48"
     engine = stages["tensorrt-engine"]
     if engine.status == "skipped":  # every CPU machine
         assert "GPU" in engine.detail or "TensorRT" in engine.detail

@@ -217,7 +217,11 @@ def test_resume_from_init_keeps_arch_and_starts_from_its_weights(tmp_path: Path)
     tiny_no_arch = {k: v for k, v in TINY.items() if k != "arch"}
     checkpoint_from_training(resumed, synthetic=8, epochs=1, lr=1e-12, init=first, **tiny_no_arch)
     loaded = load_checkpoint(resumed)
-    assert loaded.arch == "cvunet-tiny" and loaded.extra["train"]["init"] == str(first)
+    record = loaded.extra["train"]
+    assert loaded.arch == "cvunet-tiny" and record["init"] == str(first)
+    # The fine-tune carries its starting point's identity and training record.
+    assert record["init_sha256"] == start.sha256
+    assert record["init_train"]["command"] == start.extra["train"]["command"]
     fresh = architectures.create_model("cvunet-tiny").state_dict()
     for key, value in start.model.state_dict().items():
         if key.endswith("weight") and value.ndim == 4:

@@ -51,4 +51,8 @@ def info(
         if key in training:
             value = training[key]
             table.add_row(f"training {key}", f"{value:.4f}" if isinstance(value, float) else str(value))
+    earlier = training.get("init_train")
+    while isinstance(earlier, dict):  # a fine-tune: list the stages it started from, latest first
+        table.add_row("fine-tuned from", f"{earlier.get('command', '?')} (val IoU {earlier.get('val_iou', '?')})")
+        earlier = earlier.get("init_train")
     console.print(table)
