@@ -17,7 +17,7 @@ import torch
 from optimize.checkpoint import load_checkpoint
 from optimize.metrics import gradient_error
 from optimize.synthetic import validation_set
-from optimize.train import evaluate_iou, predict_alpha
+from optimize.train import predict_alpha, scores_of_predictions
 
 
 def main() -> None:
@@ -34,9 +34,10 @@ def main() -> None:
         loaded = load_checkpoint(path)
         for size, count in sizes:
             samples = validation_set(count, size, size)
-            scores = evaluate_iou(loaded.model, samples, loaded.normalization)
-            preds = np.stack(predict_alpha(loaded.model, [rgb for rgb, _ in samples], loaded.normalization))
-            grad = float(np.mean(gradient_error(preds, np.stack([alpha for _, alpha in samples]))))
+            preds = predict_alpha(loaded.model, [rgb for rgb, _ in samples], loaded.normalization)
+            trues = [alpha for _, alpha in samples]
+            scores = scores_of_predictions(preds, trues)
+            grad = float(np.mean(gradient_error(np.stack(preds), np.stack(trues))))
             print(
                 f"| {path} ({loaded.arch}) | {size}×{size} | {count} | {scores['iou']:.3f} | "
                 f"{scores['mad'] * 1e3:.1f}e-3 | {grad:.3f} |",

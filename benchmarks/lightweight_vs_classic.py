@@ -40,9 +40,10 @@ def main() -> None:
                 checkpoint = DEFAULT_CHECKPOINT
             else:
                 checkpoint = save_checkpoint(architectures.create_model(name), Path(tmp) / f"{name}.pth")
-            model = load_checkpoint(checkpoint).model
+            loaded = load_checkpoint(checkpoint)
+            model = loaded.model
             info = info_from_model(model, height, width)
-            onnx = simplified_onnx_from_onnx(onnx_from_checkpoint(checkpoint, Path(tmp) / f"{name}.onnx").path).path
+            onnx = simplified_onnx_from_onnx(onnx_from_checkpoint(loaded, Path(tmp) / f"{name}.onnx").path).path
             timings = {}
             for backend in (TorchBackend(model, threads=args.threads), OnnxRuntimeBackend(onnx, threads=args.threads)):
                 with backend:

@@ -48,14 +48,13 @@ def parts(folder: Path) -> list[tuple[str, torch.nn.Module, Path]]:
     bundled = DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT.exists() else None
     large = bundled or save_checkpoint(architectures.create_model("cvunet-mbv3-large"), folder / "large.pth")
     stride2 = save_checkpoint(architectures.create_model("cvunet-mbv3-large-s2"), folder / "large-s2.pth")
-    checkpoints = {"cvunet-mbv3-large": large, "cvunet-mbv3-large-s2": stride2}
-    full = load_checkpoint(checkpoints["cvunet-mbv3-large"]).model.eval()
-    encoder = DeepestEncoderFeature(full.encoder).eval()
+    loaded = {"cvunet-mbv3-large": load_checkpoint(large), "cvunet-mbv3-large-s2": load_checkpoint(stride2)}
+    encoder = DeepestEncoderFeature(loaded["cvunet-mbv3-large"].model.encoder).eval()
     export_module(encoder, folder / "encoder.onnx", output_name="features")
     result = [("encoder", encoder, simplified_onnx_from_onnx(folder / "encoder.onnx").path)]
-    for name, checkpoint in checkpoints.items():
+    for name, checkpoint in loaded.items():
         exported = onnx_from_checkpoint(checkpoint, folder / f"{name}.onnx").path
-        result.append((name, load_checkpoint(checkpoint).model.eval(), simplified_onnx_from_onnx(exported).path))
+        result.append((name, checkpoint.model, simplified_onnx_from_onnx(exported).path))
     return result
 
 

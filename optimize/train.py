@@ -289,14 +289,21 @@ def evaluate_iou(
     if not samples:
         raise MoptError("evaluate_iou needs at least one sample")
     preds = predict_alpha(model, [rgb for rgb, _ in samples], normalization, batch_size)
+    return scores_of_predictions(preds, [alpha for _, alpha in samples], threshold)
+
+
+def scores_of_predictions(
+    preds: Sequence[np.ndarray], trues: Sequence[np.ndarray], threshold: float = 0.5
+) -> dict[str, float]:
+    """:func:`evaluate_iou`'s scores for alphas already predicted (``H x W`` each, sizes may differ)."""
     ious, abs_sum, pixels = [], 0.0, 0
-    for pred, (_, true) in zip(preds, samples, strict=True):
+    for pred, true in zip(preds, trues, strict=True):
         p, t = pred > threshold, true > threshold
         union = np.logical_or(p, t).sum()
         ious.append(1.0 if union == 0 else float(np.logical_and(p, t).sum() / union))
         abs_sum += float(np.abs(pred - true).sum())
         pixels += true.size
-    return {"iou": float(np.mean(ious)), "mad": abs_sum / pixels, "count": len(samples)}
+    return {"iou": float(np.mean(ious)), "mad": abs_sum / pixels, "count": len(preds)}
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -373,8 +380,11 @@ def checkpoint_from_training(
 
     # Everything that can fail on bad input happens before the (long) training loop.
     normalization = IMAGENET
+    provenance: dict[str, Any] = {"init_sha256": None, "init_train": None}
     if init is not None:
         loaded = load_checkpoint(init)
+        # A fine-tune carries what it started from and how that was trained (nested, stage by stage).
+        provenance = {"init_sha256": loaded.sha256, "init_train": loaded.extra.get("train")}
         if arch is not None and arch != loaded.arch:
             raise MoptError(f"--init {init} holds architecture {loaded.arch!r} but --arch is {arch!r}; drop --arch")
         arch, normalization = loaded.arch, loaded.normalization
@@ -475,9 +485,7 @@ def checkpoint_from_training(
         "seed": seed,
         "threads": threads,
         "init": str(init) if init is not None else None,
-        # Provenance of a fine-tune: what it started from, and how that was trained (nested, stage by stage).
-        "init_sha256": loaded.sha256 if init is not None else None,
-        "init_train": loaded.extra.get("train") if init is not None else None,
+        **provenance,
         "val_iou": round(final.val_iou, 5),
         "val_mad": round(final.val_mad, 6),
         "val_set": val_desc,
