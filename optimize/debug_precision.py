@@ -31,20 +31,10 @@ import numpy as np
 from optimize.artifacts import derived_path
 from optimize.errors import MoptError
 from optimize.fileio import file_sha256
-from optimize.precision import (
-    DEFAULT_VERIFY_COUNT,
-    accuracy_check,
-    float_output_nodes,
-    fp16_checks,
-    fp16_model_from_onnx,
-    fp32_nodes_of,
-    load_onnx,
-    require_fp32_source,
-    run_onnx,
-    verification_inputs,
-    worst_metrics,
-)
+from optimize.onnx_model import load_onnx, require_fp32_source, run_onnx
+from optimize.precision import float_output_nodes, fp16_checks, fp16_model_from_onnx, fp32_nodes_of
 from optimize.recipe import STEP_NAME_LIMIT, Budget, PrecisionRecipe, RecipeStep
+from optimize.verification import DEFAULT_VERIFY_COUNT, accuracy_check, verification_inputs, worst_metrics
 
 DEFAULT_BUDGET = "mad=0.004"  # one 8-bit alpha step on average
 DEFAULT_MAX_STEPS = 200

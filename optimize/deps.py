@@ -7,7 +7,10 @@ traceback or an import-time exit.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
+from collections.abc import Iterator
 from types import ModuleType
 
 from optimize.errors import MoptError
@@ -22,6 +25,7 @@ OPTIONAL_MODULES: dict[str, tuple[str, str]] = {
     "tritonclient": ("serve", "Triton client and model-config protobufs"),
     "cuda": ("tensorrt", "CUDA memory management for the TensorRT runner (cuda-python)"),
     "onnxsim": ("", "graph simplification"),
+    "segmentation_models_pytorch": ("smp", "building segmentation_models_pytorch (SMP) architectures"),
     "polygraphy": ("", "model comparison"),
 }
 
@@ -68,3 +72,21 @@ def is_available(module: str) -> bool:
     except (ImportError, OSError):
         return False
     return True
+
+
+# Loggers of the libraries called here; their INFO output is a wall of text a CLI user did not ask for.
+_NOISY_LOGGERS = ("modelopt", "modelopt.onnx", "modelopt.onnx.autocast", "modelopt.onnx.quantization", "root", "")
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Silence ModelOpt's and ONNX Runtime quantization's INFO/WARNING logging for the duration of a call."""
+    loggers = [logging.getLogger(name) if name else logging.getLogger() for name in _NOISY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)

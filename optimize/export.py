@@ -11,19 +11,29 @@ import numpy as np
 import onnx
 import torch
 
-from architectures import config_to_dict
 from optimize import __version__
 from optimize.artifacts import default_export_path
-from optimize.checkpoint import LoadedCheckpoint, Normalization, load_checkpoint
+from optimize.card import DEFAULT_INPUT_NAME, DEFAULT_OUTPUT_NAME, ModelCard, SizeRule, exported_card
+from optimize.checkpoint import LoadedCheckpoint, load_checkpoint
 from optimize.errors import MoptError
 from optimize.fileio import atomic_output
+from optimize.onnx_model import read_metadata, set_metadata, write_card  # noqa: F401  (read_metadata: re-export)
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "alpha"
+INPUT_NAME = DEFAULT_INPUT_NAME
+OUTPUT_NAME = DEFAULT_OUTPUT_NAME
 DEFAULT_OPSET = 17
 EXPORT_ATOL = 1e-4  # FP32 ONNX Runtime vs FP32 PyTorch; kernels differ only in summation order
 # Odd, non-square, non-multiple-of-32 shapes: they exercise the skip-sized upsampling of every stage.
 VERIFY_SHAPES = ((1, 3, 257, 383), (3, 3, 190, 141))
+SAMPLE_SIZE = (256, 256)
+
+
+def verify_shapes(
+    size: SizeRule, batch: int | None = None, shapes: tuple[tuple[int, ...], ...] = VERIFY_SHAPES
+) -> tuple[tuple[int, ...], ...]:
+    """Input shapes to check a model at: odd ``shapes`` made to fit its size rule (and its fixed batch)."""
+    fitted = tuple((batch or n, 3, *size.padded(h, w)) for n, _, h, w in shapes)
+    return tuple(dict.fromkeys(fitted))  # a fixed size makes the shapes the same
 
 
 @dataclass
@@ -36,45 +46,19 @@ class ExportResult:
     checks: list[dict] = field(default_factory=list)  # [{"shape": [..], "max_abs": float}]
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file (without loading external weights)."""
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError and friends have no common base but Exception
-        raise MoptError(f"{path} is not a readable ONNX model: {exc}") from exc
-    return {p.key: p.value for p in model.metadata_props}
-
-
-def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
-    """Insert or replace metadata entries in place."""
-    existing = {p.key: p for p in model.metadata_props}
-    for key, value in values.items():
-        if key in existing:
-            existing[key].value = value
-        else:
-            model.metadata_props.add(key=key, value=value)
-
-
-def onnx_normalization(path: str | Path) -> Normalization:
-    """The input normalization recorded at export; ImageNet's when the ONNX was not made by mopt."""
-    meta = read_metadata(path)
-    if "mopt.normalization" in meta:
-        return Normalization.from_dict(json.loads(meta["mopt.normalization"]))
-    return Normalization()
-
-
 def max_abs_vs_torch(model: torch.nn.Module, onnx_path: Path, shapes: tuple[tuple[int, ...], ...]) -> list[dict]:
     """Run PyTorch and ONNX Runtime (CPU) on the same random inputs; max |difference| per shape."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
     rng = np.random.default_rng(0)
     checks = []
     for shape in shapes:
         x = rng.standard_normal(shape).astype(np.float32)
         with torch.inference_mode():
             expected = model(torch.from_numpy(x)).numpy()
-        got = session.run(None, {INPUT_NAME: x})[0]
+        got = session.run(None, {input_name: x})[0]
         if got.shape != expected.shape:
             raise MoptError(f"exported ONNX returns shape {got.shape} for input {shape}, PyTorch {expected.shape}")
         checks.append({"shape": list(shape), "max_abs": float(np.abs(got - expected).max())})
@@ -87,23 +71,29 @@ def export_module(
     opset: int = DEFAULT_OPSET,
     static_batch: bool = False,
     output_name: str = OUTPUT_NAME,
+    input_name: str = INPUT_NAME,
+    fixed_size: tuple[int, int] | None = None,
 ) -> None:
-    """Trace ``model`` (one ``N,3,H,W`` input, one 4-D output) to ONNX at ``path``, H and W dynamic.
+    """Trace ``model`` (one ``N,3,H,W`` input, one 4-D output) to ONNX at ``path``.
 
-    The bare export step: no metadata and no verification; :func:`onnx_from_checkpoint` adds both.
+    H and W are dynamic unless ``fixed_size`` is given (a model that only runs at one size). The bare export
+    step: no metadata and no verification; :func:`onnx_from_checkpoint` adds both.
     """
-    dynamic = {0: "batch", 2: "height", 3: "width"} if not static_batch else {2: "height", 3: "width"}
+    dynamic: dict[int, str] = {} if static_batch else {0: "batch"}
+    if fixed_size is None:
+        dynamic.update({2: "height", 3: "width"})
+    height, width = fixed_size or SAMPLE_SIZE
     with warnings.catch_warnings(), torch.inference_mode():
         # The TorchScript exporter is deprecated in favour of dynamo but gives the plainest graph
         # (no symbolic-shape guards) for a convolutional model with data-dependent Resize sizes.
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model.eval(),
-            (torch.zeros(1, 3, 256, 256),),
+            (torch.zeros(1, 3, height, width),),
             str(path),
-            input_names=[INPUT_NAME],
+            input_names=[input_name],
             output_names=[output_name],
-            dynamic_axes={INPUT_NAME: dynamic, output_name: dynamic},
+            dynamic_axes={input_name: dynamic, output_name: dynamic} if dynamic else None,
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,
@@ -136,26 +126,28 @@ def onnx_from_checkpoint(
     if output.suffix != ".onnx":
         raise MoptError(f"output {output} must end in .onnx")
     model = loaded.model.eval().cpu()
+    card: ModelCard = loaded.card
+    static_batch = static_batch or card.batch is not None
     with atomic_output(output) as tmp:
-        export_module(model, tmp, opset, static_batch)
+        export_module(model, tmp, opset, static_batch, card.output_name, card.input_name, card.size.fixed)
         proto = onnx.load(str(tmp))
+        onnx_card = exported_card(card, card.input_name, card.output_name)
         set_metadata(
             proto,
             {
                 "mopt.arch": loaded.arch,
-                "mopt.config": json.dumps(config_to_dict(loaded.config)),
-                "mopt.normalization": json.dumps(loaded.normalization.to_dict()),
+                "mopt.config": json.dumps(card.arch_args),
                 "mopt.checkpoint_sha256": loaded.sha256,
                 "mopt.version": __version__,
                 "mopt.precision": "fp32",
             },
         )
+        write_card(proto, onnx_card)
         proto.producer_name = "mopt"
         proto.producer_version = __version__
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, str(tmp))
-        shapes = tuple((1, *s[1:]) for s in VERIFY_SHAPES) if static_batch else VERIFY_SHAPES
-        checks = max_abs_vs_torch(model, tmp, shapes)
+        checks = max_abs_vs_torch(model, tmp, verify_shapes(card.size, 1 if static_batch else None))
         worst = max(checks, key=lambda c: c["max_abs"])
         if worst["max_abs"] > EXPORT_ATOL:
             raise MoptError(

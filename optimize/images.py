@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageColor, ImageOps, UnidentifiedImageError
 
-from optimize.checkpoint import Normalization
+from optimize.card import ModelCard, Normalization, input_card
 from optimize.errors import MoptError
 from optimize.fileio import atomic_output
 
@@ -220,26 +220,25 @@ def resize_alpha(alpha: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(image.resize((width, height), Image.BILINEAR), dtype=np.float32)
 
 
-def preprocess(images: Sequence[np.ndarray] | np.ndarray, normalization: Normalization) -> np.ndarray:
-    """N images of equal size, H x W x 3 uint8 RGB -> N x 3 x H x W float32 model input."""
+def preprocess(images: Sequence[np.ndarray] | np.ndarray, spec: ModelCard | Normalization) -> np.ndarray:
+    """N images of equal size, H x W x 3 uint8 RGB -> N x 3 x H x W float32 model input, as the card says."""
     batch = np.stack(list(images)) if not isinstance(images, np.ndarray) else images
     if batch.ndim != 4 or batch.shape[-1] != 3:
         raise MoptError(f"expected N x H x W x 3 RGB images, got shape {batch.shape}")
-    mean = np.asarray(normalization.mean, dtype=np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(normalization.std, dtype=np.float32).reshape(1, 3, 1, 1)
-    x = batch.transpose(0, 3, 1, 2).astype(np.float32) / 255.0  # N,3,H,W
-    return np.ascontiguousarray((x - mean) / std)
+    return input_card(spec).preprocess(batch)
 
 
 def inputs_from_folder(
-    folder: str | Path, normalization: Normalization, height: int, width: int, limit: int | None = None
+    folder: str | Path, normalization: ModelCard | Normalization, height: int, width: int, limit: int | None = None
 ) -> np.ndarray:
     """The first ``limit`` images of a folder resized to ``height x width`` and preprocessed: N x 3 x H x W."""
     paths = list_images(folder)[:limit]
     return preprocess([resize_rgb(load_rgb(p), height, width) for p in paths], normalization)
 
 
-def synthetic_inputs(count: int, height: int, width: int, normalization: Normalization, seed: int = 0) -> np.ndarray:
+def synthetic_inputs(
+    count: int, height: int, width: int, normalization: ModelCard | Normalization, seed: int = 0
+) -> np.ndarray:
     """Deterministic model inputs from the built-in synthetic composites (disjoint from the training seeds)."""
     from optimize.synthetic import synthetic_sample
 

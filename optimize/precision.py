@@ -14,15 +14,12 @@ conversion is also measured on an *FP16 emulation*: the same graph in FP32 arith
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import logging
-import math
 import re
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,199 +30,24 @@ from onnx import TensorProto, numpy_helper
 
 from optimize import __version__
 from optimize.artifacts import derived_path
-from optimize.deps import require
+from optimize.deps import quiet_libraries, require
 from optimize.errors import MoptError
-from optimize.export import INPUT_NAME, onnx_normalization, set_metadata
 from optimize.fileio import atomic_output, file_sha256
+from optimize.onnx_model import image_input, io_dims, load_onnx, require_fp32_source, run_onnx, set_metadata
+from optimize.verification import (
+    DEFAULT_VERIFY_COUNT,
+    AccuracyCheck,
+    accuracy_check,
+    verification_inputs,
+    worst_metrics,
+)
 
 # Issue 3 acceptance: an FP16 matte within one 8-bit alpha step (1/255 = 3.9e-3) everywhere, a quarter step
 # on average.
 FP16_MAX_ABS = 4e-3
 FP16_MAD = 1e-3
-DEFAULT_VERIFY_SIZE = (256, 256)
-DEFAULT_VERIFY_COUNT = 4
 VERIFY_BATCH = 2
 _EMULATION_SUFFIX = "/mopt_fp16_emulation"
-# Loggers of the libraries called here; their INFO output is a wall of text a CLI user did not ask for.
-_NOISY_LOGGERS = ("modelopt", "modelopt.onnx", "modelopt.onnx.autocast", "modelopt.onnx.quantization", "root", "")
-
-
-@contextlib.contextmanager
-def quiet_libraries() -> Iterator[None]:
-    """Silence ModelOpt's and ONNX Runtime quantization's INFO/WARNING logging for the duration of a call."""
-    loggers = [logging.getLogger(name) if name else logging.getLogger() for name in _NOISY_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
-def load_onnx(path: str | Path) -> onnx.ModelProto:
-    """Load an ONNX file (with its weights) or raise a MoptError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise MoptError(f"ONNX model {path} does not exist; export one with `mopt export CHECKPOINT`")
-    try:
-        return onnx.load(str(path))
-    except Exception as exc:  # protobuf's DecodeError and friends share no narrower base class
-        raise MoptError(
-            f"{path} is not a readable ONNX model: {str(exc).splitlines()[0] if str(exc) else exc!r}"
-        ) from exc
-
-
-def io_dims(model: onnx.ModelProto) -> dict[str, list[str | int]]:
-    """Dims of every graph input and output: symbolic names for dynamic dims, ints for fixed ones."""
-    return {
-        v.name: [d.dim_param if d.dim_param else d.dim_value for d in v.type.tensor_type.shape.dim]
-        for v in [*model.graph.input, *model.graph.output]
-    }
-
-
-def require_fp32_source(model: onnx.ModelProto, path: Path) -> None:
-    """Refuse a model that is already reduced: converting twice compounds the error and hides it."""
-    meta = {p.key: p.value for p in model.metadata_props}
-    precision = meta.get("mopt.precision", "fp32")
-    if precision != "fp32":
-        raise MoptError(f"{path} is already {precision} (mopt.precision); convert the FP32 model instead")
-    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
-        raise MoptError(f"{path} already has Q/DQ nodes; convert the FP32 model instead")
-    if any(i.data_type == TensorProto.FLOAT16 for i in model.graph.initializer):
-        raise MoptError(f"{path} already has FP16 weights; convert the FP32 model instead")
-
-
-# --- inputs and measurement ----------------------------------------------------------------------------------
-
-
-def spatial_size(model: onnx.ModelProto) -> tuple[int, int] | None:
-    """The model's fixed input H x W, or None when they are dynamic."""
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    if len(dims) != 4:
-        raise MoptError(f"model input has {len(dims)} dims; mopt models take N x 3 x H x W images")
-    h, w = dims[2], dims[3]
-    if h.dim_value > 0 and w.dim_value > 0:
-        return h.dim_value, w.dim_value
-    return None
-
-
-def verification_inputs(
-    onnx_path: str | Path,
-    images: str | Path | None = None,
-    size: tuple[int, int] | None = None,
-    count: int = DEFAULT_VERIFY_COUNT,
-    seed: int = 0,
-) -> tuple[np.ndarray, dict]:
-    """Preprocessed inputs to measure a reduced model on, with a description for reports.
-
-    Args:
-        onnx_path: the FP32 model; its recorded normalization and fixed dims (if any) are used.
-        images: folder of real images; the built-in synthetic composites when None.
-        size: ``(height, width)``; the model's fixed size, else 256 x 256, when None.
-        count: number of images.
-        seed: synthetic composite seed.
-
-    Raises:
-        MoptError: the folder is missing, empty or unreadable, or ``size`` contradicts the model's fixed size.
-    """
-    from optimize.images import inputs_from_folder, synthetic_inputs
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    fixed = spatial_size(model)
-    if size is not None and fixed is not None and tuple(size) != fixed:
-        raise MoptError(
-            f"size {size[0]}x{size[1]} does not fit {onnx_path}, whose input is fixed at {fixed[0]}x{fixed[1]}"
-        )
-    height, width = size or fixed or DEFAULT_VERIFY_SIZE
-    if count <= 0:
-        raise MoptError(f"image count must be positive, got {count}")
-    normalization = onnx_normalization(onnx_path)
-    if images is not None:
-        inputs = inputs_from_folder(images, normalization, height, width, limit=count)
-        source = str(images)
-    else:
-        inputs = synthetic_inputs(count, height, width, normalization, seed=seed)
-        source = "synthetic composites"
-    return inputs, {"images": source, "count": int(inputs.shape[0]), "size": f"{height}x{width}"}
-
-
-def onnx_session(model: str | Path | onnx.ModelProto, threads: int | None = None, label: str = "model"):
-    """An ONNX Runtime CPU session, or a MoptError saying why the model cannot run there."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    try:
-        return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises Fail/InvalidGraph/NotImplemented from its C extension
-        raise MoptError(f"ONNX Runtime (CPU) cannot run the {label}: {str(exc).splitlines()[0]}") from exc
-
-
-def run_onnx(
-    model: str | Path | onnx.ModelProto,
-    inputs: np.ndarray,
-    batch: int = VERIFY_BATCH,
-    threads: int | None = None,
-    label: str = "model",
-) -> np.ndarray:
-    """Alpha of ``inputs`` (N x 3 x H x W) from an ONNX model on ONNX Runtime's CPU provider, in batches."""
-    session = onnx_session(model, threads, label)
-    name = session.get_inputs()[0].name
-    outputs = []
-    for start in range(0, len(inputs), batch):
-        feed = np.ascontiguousarray(inputs[start : start + batch], dtype=np.float32)
-        try:
-            outputs.append(np.asarray(session.run(None, {name: feed})[0], dtype=np.float32))
-        except Exception as exc:  # a kernel failing at run time (shape, missing type) is reported, not raised raw
-            raise MoptError(f"ONNX Runtime (CPU) failed running the {label}: {str(exc).splitlines()[0]}") from exc
-    return np.concatenate(outputs)
-
-
-@dataclass
-class AccuracyCheck:
-    """How far a reduced model's mattes are from the FP32 model's, on one backend.
-
-    Attributes:
-        label: what ran, e.g. ``"onnxruntime-cpu"`` or ``"fp16-emulation"``.
-        max_abs: largest |alpha difference| of any pixel.
-        mad: mean absolute difference (averaged per image).
-        mse: mean squared difference.
-        nonfinite: NaN/Inf values in the reduced model's output (metrics are then infinite).
-    """
-
-    label: str
-    max_abs: float
-    mad: float
-    mse: float
-    nonfinite: int = 0
-
-    def metrics(self) -> dict[str, float]:
-        return {"mad": self.mad, "max_abs": self.max_abs, "mse": self.mse}
-
-
-def accuracy_check(reference: np.ndarray, candidate: np.ndarray, label: str) -> AccuracyCheck:
-    """Matte metrics of ``candidate`` against ``reference`` (both N x 1 x H x W alpha)."""
-    from optimize.metrics import matte_metrics
-
-    if candidate.shape != reference.shape:
-        raise MoptError(f"{label} returns alpha of shape {candidate.shape}, the FP32 model {reference.shape}")
-    nonfinite = int((~np.isfinite(candidate)).sum())
-    if nonfinite:
-        return AccuracyCheck(label, math.inf, math.inf, math.inf, nonfinite)
-    # Both outputs come out of a sigmoid, but FP16/INT8 rounding can step a hair outside [0, 1].
-    m = matte_metrics(np.clip(candidate, 0.0, 1.0), np.clip(reference, 0.0, 1.0))
-    return AccuracyCheck(label, m.max_abs, m.mad, m.mse, 0)
-
-
-def worst_metrics(checks: Sequence[AccuracyCheck]) -> dict[str, float]:
-    """Per metric, the worst value over several checks of the same model."""
-    return {k: max(c.metrics()[k] for c in checks) for k in ("mad", "max_abs", "mse")}
 
 
 # --- FP16 graph conversion -----------------------------------------------------------------------------------
@@ -290,7 +112,8 @@ def fp16_model_from_onnx(
         if reference_inputs is not None and autocast_rules:
             # AutoCast reads reference data from an .npz keyed by input name.
             calibration = Path(tmp) / "reference.npz"
-            np.savez(calibration, **{INPUT_NAME: reference_inputs.astype(np.float32)})
+            input_name = image_input(load_onnx(onnx_path, load_weights=False), onnx_path).name
+            np.savez(calibration, **{input_name: reference_inputs.astype(np.float32)})
             kwargs["calibration_data"] = str(calibration)
         try:
             return autocast.convert_to_mixed_precision(

@@ -36,19 +36,22 @@ import onnx
 
 from optimize import __version__
 from optimize.artifacts import derived_path
+from optimize.deps import quiet_libraries
 from optimize.errors import MoptError
-from optimize.export import INPUT_NAME, onnx_normalization, set_metadata
 from optimize.fileio import atomic_output, file_sha256, write_json
-from optimize.precision import (
+from optimize.onnx_model import (
+    card_of_onnx,
+    image_input,
+    io_dims,
+    load_onnx,
+    require_fp32_source,
+    run_onnx,
+    set_metadata,
+)
+from optimize.verification import (
     DEFAULT_VERIFY_COUNT,
     AccuracyCheck,
     accuracy_check,
-    io_dims,
-    load_onnx,
-    quiet_libraries,
-    require_fp32_source,
-    run_onnx,
-    spatial_size,
     verification_inputs,
     worst_metrics,
 )
@@ -128,7 +131,7 @@ def calibration_set_from_folder(
                 "larger images"
             )
         images.append(resize_rgb(rgb, height, width))
-    inputs = preprocess(images, onnx_normalization(onnx_path))
+    inputs = preprocess(images, card_of_onnx(onnx_path))
     description = {"source": str(folder), "count": len(images), "size": f"{height}x{width}"}
     return CalibrationSet(inputs, data_fingerprint(inputs), description)
 
@@ -142,20 +145,17 @@ def calibration_set_from_synthetic(
     if count <= 0:
         raise MoptError(f"--synthetic needs a positive number of images, got {count}")
     height, width = calibration_size(onnx_path, size)
-    inputs = synthetic_inputs(count, height, width, onnx_normalization(onnx_path), seed=seed)
+    inputs = synthetic_inputs(count, height, width, card_of_onnx(onnx_path), seed=seed)
     description = {"source": f"synthetic composites (seed {seed})", "count": count, "size": f"{height}x{width}"}
     return CalibrationSet(inputs, data_fingerprint(inputs), description)
 
 
 def calibration_size(onnx_path: str | Path, size: tuple[int, int] | None) -> tuple[int, int]:
-    """The calibration H x W: the model's fixed size if it has one, else ``size`` or 256 x 256."""
-    fixed = spatial_size(onnx.load(str(onnx_path), load_external_data=False))
-    if fixed is not None and size is not None and tuple(size) != fixed:
-        raise MoptError(
-            f"calibration size {size[0]}x{size[1]} does not fit {onnx_path}, whose input is fixed at "
-            f"{fixed[0]}x{fixed[1]}"
-        )
-    return tuple(size or fixed or DEFAULT_CALIBRATION_SIZE)  # type: ignore[return-value]
+    """The calibration H x W: ``size`` if the model accepts it, else the model's fixed size or 256 x 256."""
+    rule = card_of_onnx(onnx_path).size
+    if size is not None:
+        rule.check(*size, what=f"calibration size for {onnx_path}")
+    return tuple(size or rule.nearest(*DEFAULT_CALIBRATION_SIZE))  # type: ignore[return-value]
 
 
 # --- calibration and its cache --------------------------------------------------------------------------------
@@ -213,7 +213,9 @@ def calibration_ranges_from_onnx(
         # The calibrator writes shape-inferred and augmented copies beside the model it is given: give it a
         # private copy so nothing appears in the user's folder.
         model_path = Path(tmp) / "model.onnx"
-        onnx.save(load_onnx(onnx_path), str(model_path))
+        source = load_onnx(onnx_path)
+        input_name = image_input(source, onnx_path).name
+        onnx.save(source, str(model_path))
         sink = io.StringIO()  # the histogram calibrators print progress bars of their own
         with quiet_libraries(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             calibrator = create_calibrator(
@@ -224,7 +226,7 @@ def calibration_ranges_from_onnx(
                 extra_options=options,
             )
             for start in range(0, len(inputs), CALIBRATION_CHUNK):
-                calibrator.collect_data(_ArrayReader(inputs[start : start + CALIBRATION_CHUNK], INPUT_NAME))
+                calibrator.collect_data(_ArrayReader(inputs[start : start + CALIBRATION_CHUNK], input_name))
                 if progress:
                     progress(min(start + CALIBRATION_CHUNK, len(inputs)), len(inputs))
             tensors = calibrator.compute_data()

@@ -16,7 +16,7 @@ from optimize.deploy import (
     triton_repository_from_model,
 )
 from optimize.errors import MoptError
-from optimize.export import onnx_normalization
+from optimize.onnx_model import onnx_normalization
 from optimize.fileio import file_sha256
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient not installed")

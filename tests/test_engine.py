@@ -32,7 +32,7 @@ from optimize.engine import (
     tensorrt_unavailable_reason,
 )
 from optimize.errors import MoptError
-from optimize.export import read_metadata, set_metadata
+from optimize.onnx_model import read_metadata, set_metadata
 from optimize.profiles import DEFAULT_PROFILE, ShapeProfile
 
 H100 = MachineInfo(

@@ -8,7 +8,8 @@ import torch
 
 from optimize.checkpoint import load_checkpoint
 from optimize.errors import MoptError
-from optimize.export import EXPORT_ATOL, onnx_from_checkpoint, onnx_normalization, read_metadata
+from optimize.export import EXPORT_ATOL, onnx_from_checkpoint
+from optimize.onnx_model import onnx_normalization, read_metadata
 
 
 def _dims(value):

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from optimize.errors import MoptError
 from optimize.fileio import file_sha256
-from optimize.precision import io_dims, run_onnx
+from optimize.onnx_model import io_dims, run_onnx
 from optimize.quantize import (
     CACHE_FORMAT,
     INT8_MAD,
@@ -97,7 +97,7 @@ def test_int8_model_runs_in_onnxruntime_within_budget(int8_result, tiny_simplifi
 def test_calibration_reads_the_folder_like_inference(
     int8_result, calib_folder: Path, tiny_simplified_onnx: Path
 ) -> None:
-    from optimize.export import onnx_normalization
+    from optimize.onnx_model import onnx_normalization
     from optimize.images import inputs_from_folder
 
     assert int8_result.calibration == {"source": str(calib_folder), "count": 4, "size": "64x64"}

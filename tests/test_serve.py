@@ -31,7 +31,7 @@ from PIL import Image
 from optimize.backends import OnnxRuntimeBackend
 from optimize.deps import is_available
 from optimize.errors import MoptError
-from optimize.export import onnx_normalization
+from optimize.onnx_model import onnx_normalization
 from optimize.images import DecodedImage
 from optimize.matte import inference_size, mattes_from_images
 from optimize.serve import (

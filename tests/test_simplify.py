@@ -2,7 +2,7 @@ import onnx
 import pytest
 
 from optimize.errors import MoptError
-from optimize.export import read_metadata
+from optimize.onnx_model import read_metadata
 from optimize.simplify import dynamic_dims, op_histogram, simplified_onnx_from_onnx
 
 
