@@ -77,7 +77,7 @@ class SizeRule:
 
     def describe(self) -> str:
         if self.fixed:
-            return f"fixed {self.fixed[0]}x{self.fixed[1]}"
+            return f"fixed at {self.fixed[0]}x{self.fixed[1]}"
         return f"H and W multiples of {self.multiple}" if self.multiple > 1 else "any H x W"
 
     def accepts(self, height: int, width: int) -> bool:

@@ -17,7 +17,7 @@ from optimize.card import DEFAULT_INPUT_NAME, DEFAULT_OUTPUT_NAME, ModelCard, Si
 from optimize.checkpoint import LoadedCheckpoint, load_checkpoint
 from optimize.errors import MoptError
 from optimize.fileio import atomic_output
-from optimize.onnx_model import read_metadata, set_metadata, write_card  # noqa: F401  (read_metadata: re-export)
+from optimize.onnx_model import onnx_normalization, read_metadata, set_metadata, write_card  # noqa: F401  (re-exports)
 
 INPUT_NAME = DEFAULT_INPUT_NAME
 OUTPUT_NAME = DEFAULT_OUTPUT_NAME

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from optimize.backends import InferenceBackend, ModelSources, backend_names, backend_spec
-from optimize.checkpoint import Normalization
+from optimize.card import IMAGENET, ModelCard, Normalization, SizeRule, input_card
 from optimize.errors import MoptError
 from optimize.fileio import write_json
 from optimize.images import (
@@ -72,9 +72,18 @@ def default_workers() -> int:
 
 
 def inference_size(
-    height: int, width: int, max_side: int = DEFAULT_MAX_SIDE, step: int = SIZE_STEP, min_side: int = SIZE_STEP
+    height: int,
+    width: int,
+    max_side: int = DEFAULT_MAX_SIDE,
+    step: int = SIZE_STEP,
+    min_side: int = SIZE_STEP,
+    rule: SizeRule | None = None,
 ) -> tuple[int, int]:
     """The ``(height, width)`` an image of this size is inferred at.
+
+    A model of one fixed size (``rule``) is inferred at that size, whatever the image's (the image is resized
+    to it and the matte back, as rembg does). A model that needs multiples of N gets sizes on a step that is a
+    multiple of N.
 
     The longest side is scaled down to at most ``max_side`` (never up), the aspect ratio is kept, and both
     sides are rounded to the nearest multiple of ``step``. No side goes below ``min_side`` (rounded up to a
@@ -86,6 +95,10 @@ def inference_size(
     """
     if height <= 0 or width <= 0:
         raise MoptError(f"image size {height}x{width} is not positive")
+    if rule is not None and rule.fixed:
+        return tuple(rule.fixed)  # type: ignore[return-value]
+    if rule is not None:
+        step = math.lcm(step, rule.multiple)
     if max_side < max(step, min_side):
         raise MoptError(f"--max-side {max_side} is too small; use at least {max(step, min_side)}")
     scale = min(1.0, max_side / max(height, width))
@@ -118,7 +131,7 @@ class BackendChoice:
     Attributes:
         name: registry name it was created from (``tensorrt``, ``onnxruntime-cuda``, ``onnxruntime``, ``torch``).
         backend: the loaded backend (the caller closes it).
-        normalization: input normalization of the model it runs.
+        normalization: the card of the model it runs (its preprocessing and size rule).
         skipped: registry name -> reason, for every preferred backend that was passed over.
         limits: the shapes the backend accepts, when it does not accept every shape.
         notes: facts the user should see at start-up (an assumed normalization, ...).
@@ -126,7 +139,7 @@ class BackendChoice:
 
     name: str
     backend: InferenceBackend
-    normalization: Normalization
+    normalization: ModelCard
     skipped: dict[str, str] = field(default_factory=dict)
     limits: ShapeLimits | None = None
     notes: list[str] = field(default_factory=list)
@@ -140,6 +153,8 @@ class BackendChoice:
 
     def fit(self, batch: int, max_side: int) -> tuple[int, int, int]:
         """``(batch, max_side, min_side)`` for a run, narrowed to what the backend accepts."""
+        if self.normalization.batch is not None:
+            batch = min(batch, self.normalization.batch)
         if self.limits is None:
             return batch, max_side, SIZE_STEP
         return (
@@ -149,16 +164,18 @@ class BackendChoice:
         )
 
 
-def _engine_details(sources: ModelSources) -> tuple[Normalization | None, ShapeLimits | None]:
-    """Normalization (from the ONNX the engine was built from) and profile limits, from the engine's sidecar."""
+def _engine_details(sources: ModelSources) -> tuple[ModelCard | None, ShapeLimits | None]:
+    """The card (from the ONNX the engine was built from) and profile limits, from the engine's sidecar."""
     from optimize.engine import read_sidecar
-    from optimize.export import onnx_normalization
+    from optimize.onnx_model import card_of_onnx
 
     sidecar = read_sidecar(sources.engine) or {}
-    normalization = None
+    card = None
     onnx = sidecar.get("onnx")
-    if onnx and Path(onnx).is_file():
-        normalization = onnx_normalization(onnx)
+    if sidecar.get("card"):
+        card = ModelCard.from_dict(sidecar["card"], f"the card in {sources.engine}'s sidecar")
+    elif onnx and Path(onnx).is_file():
+        card = card_of_onnx(onnx)
     limits = None
     profiles = sidecar.get("profiles") or []
     if profiles:
@@ -171,32 +188,32 @@ def _engine_details(sources: ModelSources) -> tuple[Normalization | None, ShapeL
             max_side=min(profile.max[2], profile.max[3]),
             max_batch=profile.max[0],
         )
-    return normalization, limits
+    return card, limits
 
 
-def _details_for(name: str, sources: ModelSources) -> tuple[Normalization, ShapeLimits | None, list[str]]:
-    """Normalization, shape limits and notes for the model that backend ``name`` runs from ``sources``."""
-    from optimize.export import onnx_normalization
+def _details_for(name: str, sources: ModelSources) -> tuple[ModelCard, ShapeLimits | None, list[str]]:
+    """The card, shape limits and notes for the model that backend ``name`` runs from ``sources``."""
+    from optimize.onnx_model import card_of_onnx
 
     if name.startswith("torch") and sources.checkpoint is not None:
         from optimize.checkpoint import load_checkpoint
 
-        return load_checkpoint(sources.checkpoint, arch=sources.arch).normalization, None, []
+        return load_checkpoint(sources.checkpoint, arch=sources.arch).card, None, []
     if name == "tensorrt" and sources.engine is not None:
-        normalization, limits = _engine_details(sources)
-        if normalization is None and sources.onnx:
-            normalization = onnx_normalization(sources.onnx[0])
+        card, limits = _engine_details(sources)
+        if card is None and sources.onnx:
+            card = card_of_onnx(sources.onnx[0])
         notes = []
-        if normalization is None:
-            normalization = Normalization()
+        if card is None:
+            card = input_card(IMAGENET)
             notes.append(
                 "the engine's sidecar names no ONNX file that still exists: assuming ImageNet normalization "
-                "(pass --onnx with the model it was built from to use its normalization)"
+                "(pass --onnx with the model it was built from to use its card)"
             )
-        return normalization, limits, notes
+        return card, limits, notes
     if sources.onnx:
-        return onnx_normalization(sources.onnx[0]), None, []
-    return Normalization(), None, []
+        return card_of_onnx(sources.onnx[0]), None, []
+    return input_card(IMAGENET), None, []
 
 
 def select_backend(
@@ -248,8 +265,11 @@ def select_backend(
             backend.close()
             skipped[name] = "would run on the CPU (--require-gpu)"
             continue
-        normalization, limits, notes = _details_for(name, sources)
-        return BackendChoice(name, backend, normalization, skipped, limits, notes)
+        card, limits, notes = _details_for(name, sources)
+        if not card.is_matte:
+            backend.close()
+            card.require_matte("matte and serve")
+        return BackendChoice(name, backend, card, skipped, limits, notes)
     why = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
     if require_gpu:
         raise MoptError(f"--require-gpu: no GPU backend can run here ({why}); drop --require-gpu to run on the CPU")
@@ -316,7 +336,7 @@ class MatteReport:
 class MatteSettings:
     """How a run turns inputs into outputs (everything but the inputs, the folder and the backend)."""
 
-    normalization: Normalization
+    normalization: ModelCard | Normalization  # the model's card (a bare normalization means any size)
     output: str = "rgba"
     background: tuple[int, int, int] = (255, 255, 255)
     batch: int = DEFAULT_BATCH
@@ -333,6 +353,10 @@ class MatteSettings:
             raise MoptError(f"--batch ({self.batch}) and --workers ({self.workers}) must be at least 1")
         inference_size(self.max_side, self.max_side, self.max_side, min_side=self.min_side)  # validates the sides
         png_level(self.compression)
+
+    @property
+    def size_rule(self) -> SizeRule:
+        return input_card(self.normalization).size
 
 
 @dataclass
@@ -431,13 +455,17 @@ class _MatteRun:
             return MatteFailure(str(image.path), f"cannot read the header: {type(exc).__name__}: {_reason(exc)}")
         if not self.settings.overwrite and output.exists() and is_complete_output(output, size, self.settings.output):
             return None
-        return _Job(image, output, inference_size(*size, self.settings.max_side, min_side=self.settings.min_side))
+        return _Job(image, output, inference_size(
+            *size, self.settings.max_side, min_side=self.settings.min_side, rule=self.settings.size_rule
+        ))
 
     def decode(self, job: _Job) -> _Decoded:
         started = time.perf_counter()
         try:
             picture = load_image(job.image.path)
-            bucket = inference_size(*picture.size, self.settings.max_side, min_side=self.settings.min_side)
+            bucket = inference_size(
+                *picture.size, self.settings.max_side, min_side=self.settings.min_side, rule=self.settings.size_rule
+            )
             model_input = preprocess(resize_rgb(picture.rgb, *bucket)[None], self.settings.normalization)[0]
         except MoptError as exc:
             raise _Failed(_reason(exc).removeprefix(f"cannot read image {job.image.path}: ")) from exc

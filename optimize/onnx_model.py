@@ -124,15 +124,16 @@ def write_card(model: onnx.ModelProto, card: ModelCard) -> None:
 
 
 def card_of_model(model: onnx.ModelProto, source: str | Path = "model") -> ModelCard:
-    """The card an ONNX carries, else one derived from older mopt metadata, else inferred from the graph."""
+    """The card an ONNX carries, else one derived from older mopt metadata, else inferred from the graph.
+
+    What the graph itself fixes (input and output names, a fixed H x W or batch) always wins over stored
+    metadata: a graph edited after export must not be fed what its old card promised.
+    """
     meta = metadata_of(model)
-    if CARD_KEY in meta:
-        return ModelCard.from_json(meta[CARD_KEY], f"the model card of {source}")
     value = image_input(model, source)
-    outputs = [o.name for o in model.graph.output]
-    fixed = spatial_size(model)
-    batch = value.type.tensor_type.shape.dim[0].dim_value or None
-    if "mopt.arch" in meta:  # written by mopt before cards: a registered architecture
+    if CARD_KEY in meta:
+        card = ModelCard.from_json(meta[CARD_KEY], f"the model card of {source}")
+    elif "mopt.arch" in meta:  # written by mopt before cards: a registered architecture
         config = json.loads(meta.get("mopt.config", "{}"))
         normalization = (
             Normalization.from_dict(json.loads(meta["mopt.normalization"])) if "mopt.normalization" in meta else None
@@ -140,6 +141,9 @@ def card_of_model(model: onnx.ModelProto, source: str | Path = "model") -> Model
         card = legacy_card(meta["mopt.arch"], config, normalization)
     else:  # a foreign ONNX: what the graph says; ImageNet normalization until the user says otherwise
         card = ModelCard(arch="onnx", mean=IMAGENET.mean, std=IMAGENET.std)
+    outputs = [o.name for o in model.graph.output]
+    fixed = spatial_size(model)
+    batch = value.type.tensor_type.shape.dim[0].dim_value or None
     return card.replace(
         input_name=value.name,
         output_name=outputs[0] if outputs else card.output_name,

@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from optimize.backends import InferenceBackend, ModelSources, backend_spec
-from optimize.checkpoint import Normalization
+from optimize.card import ModelCard, Normalization, input_card
 from optimize.deploy import validate_model_name
 from optimize.deps import require
 from optimize.errors import MoptError
@@ -160,7 +160,7 @@ class MattePredictor:
     def __init__(
         self,
         backend: InferenceBackend,
-        normalization: Normalization,
+        normalization: ModelCard | Normalization,
         max_side: int = DEFAULT_MAX_SIDE,
         max_batch: int = DEFAULT_MAX_BATCH,
         min_side: int = SIZE_STEP,
@@ -186,7 +186,8 @@ class MattePredictor:
         """
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for index, image in enumerate(images):
-            groups[inference_size(*image.size, self.max_side, min_side=self.min_side)].append(index)
+            rule = input_card(self.normalization).size
+            groups[inference_size(*image.size, self.max_side, min_side=self.min_side, rule=rule)].append(index)
         mattes: list[np.ndarray | str] = [""] * len(images)
         for (height, width), indices in groups.items():
             for start in range(0, len(indices), self.max_batch):
@@ -404,7 +405,7 @@ def check_ports_free(host: str, ports: dict[str, int]) -> None:
             except PermissionError as exc:
                 raise MoptError(f"no permission to listen on {host}:{port} ({what}); use a port above 1023") from exc
             except OSError as exc:
-                flag = {"HTTP": "--port", "gRPC": "--grpc-port", "metrics": "--metrics-port"}[what]
+                flag = {"HTTP": "--port", "gRPC": "--grpc-port", "metrics": "--metrics-port"}.get(what, "--port")
                 raise MoptError(
                     f"{what} port {port} on {host} is already in use (another server?); stop it or pick a free "
                     f"port with {flag}"
@@ -527,7 +528,7 @@ def serve_model(
                 f"use at most {limits.max_batch}"
             )
         # The same batch and size bounds `mopt matte` derives from the backend (an engine's profile).
-        _, max_side, min_side = model.choice.fit(max_batch, options.max_side)
+        max_batch, max_side, min_side = model.choice.fit(max_batch, options.max_side)
         predictor = MattePredictor(model.backend, model.choice.normalization, max_side, max_batch, min_side)
         # TensorRT tuned its kernels for the profile's batches: let Triton aim for the largest one.
         preferred = [max_batch] if limits is not None else []

@@ -13,6 +13,7 @@ from optimize.errors import MoptError
 # defines ``GROUP``, a group of commands under that name (``mopt debug precision``, ``mopt deploy triton``).
 COMMAND_MODULES = [
     "info",
+    "import_model",
     "train",
     "export",
     "simplify",
