@@ -262,6 +262,10 @@ def load_weights(module: nn.Module, state: dict[str, torch.Tensor], source: str,
     """Load ``state`` into ``module`` strictly; a mismatch lists the missing, unexpected and misshapen keys."""
     expected, found = set(module.state_dict()), set(state)
     missing, unexpected = sorted(expected - found), sorted(found - expected)
+    if missing and all(k.endswith("num_batches_tracked") for k in missing):
+        # Files saved before PyTorch 0.4.1 have no BatchNorm step counters; eval never reads them.
+        state = {**state, **{k: module.state_dict()[k] for k in missing}}
+        missing = []
     if missing or unexpected:
         raise MoptError(
             f"{source} does not fit architecture {arch!r}: {len(missing)} missing key(s) "

@@ -19,7 +19,7 @@ from polygraphy.comparator.compare import SimpleCompareFunc
 from polygraphy.logger import G_LOGGER
 
 from optimize.backends import InferenceBackend, ModelSources, available_backends, backend_names, backend_spec
-from optimize.checkpoint import Normalization
+from optimize.card import ModelCard, Normalization
 from optimize.errors import MoptError
 from optimize.export import INPUT_NAME, OUTPUT_NAME
 from optimize.images import inputs_from_folder, synthetic_inputs
@@ -80,6 +80,7 @@ class CandidateResult:
     nonfinite: int
     inference_ms: float
     failures: list[str] = field(default_factory=list)
+    psnr: float = math.nan  # image-to-image models: the matte metrics do not apply, PSNR does
 
 
 @dataclass
@@ -106,11 +107,31 @@ def tolerance_for(precision: str, overrides: dict[str, Tolerance] | None = None)
     return table[precision]
 
 
+MATTE_KEYS = ("mad", "mse", "sad", "grad", "conn", "iou")
+
+
 def _metrics_over_batches(preds: list[np.ndarray], refs: list[np.ndarray]) -> dict[str, float]:
-    """Matte metrics averaged over every image of every batch (NaN-free outputs only)."""
+    """Matte metrics averaged over every image of every batch (NaN-free outputs only).
+
+    A 3-channel (image-to-image) model gets MAD, MSE and PSNR instead: trimap-free matte metrics such as
+    Grad and Conn describe alpha boundaries and mean nothing for an image.
+    """
+    if preds and preds[0].shape[1] != 1:
+        return _image_metrics(preds, refs)
     per_image = [matte_metrics(p[i, 0], r[i, 0]) for p, r in zip(preds, refs) for i in range(p.shape[0])]
-    keys = ("mad", "mse", "sad", "grad", "conn", "iou")
-    return {k: float(np.mean([getattr(m, k) for m in per_image])) for k in keys}
+    return {k: float(np.mean([getattr(m, k) for m in per_image])) for k in MATTE_KEYS}
+
+
+def _image_metrics(preds: list[np.ndarray], refs: list[np.ndarray]) -> dict[str, float]:
+    pred = np.concatenate([p.reshape(-1) for p in preds]).astype(np.float64)
+    ref = np.concatenate([r.reshape(-1) for r in refs]).astype(np.float64)
+    mse = float(np.mean((pred - ref) ** 2))
+    # Peak signal: 1 for images in [0, 1], else the reference's own range (a model that outputs 0..255).
+    peak = 1.0 if ref.min() >= 0 and ref.max() <= 1 else float(ref.max() - ref.min()) or 1.0
+    psnr = math.inf if mse == 0 else 10 * math.log10(peak**2 / mse)
+    metrics = dict.fromkeys(MATTE_KEYS, math.nan)
+    metrics.update(mad=float(np.mean(np.abs(pred - ref))), mse=mse, psnr=psnr)
+    return metrics
 
 
 def compare_models(
@@ -160,7 +181,7 @@ def compare_models(
             failures.append(f"elements outside atol={tol.atol:g} rtol={tol.rtol:g}")
         if nonfinite:
             failures.append(f"{nonfinite} NaN/Inf values")
-            metrics = dict.fromkeys(("mad", "mse", "sad", "grad", "conn", "iou"), math.nan)
+            metrics = dict.fromkeys(MATTE_KEYS, math.nan)
             max_abs = mean_abs = math.nan
         elif shapes_ok:
             diffs = [np.abs(o - r) for o, r in zip(outputs, ref_outputs)]
@@ -171,7 +192,7 @@ def compare_models(
                 failures.append(f"MAD {metrics['mad']:.2e} over budget {tol.mad:.0e}")
         else:
             max_abs = mean_abs = math.nan
-            metrics = dict.fromkeys(("mad", "mse", "sad", "grad", "conn", "iou"), math.nan)
+            metrics = dict.fromkeys(MATTE_KEYS, math.nan)
         times = [it.runtime for it in iterations if it.runtime is not None]
         results.append(
             CandidateResult(
@@ -220,15 +241,26 @@ def reference_from_checkpoint(sources: ModelSources) -> Candidate:
     return Candidate("torch-cpu-fp32", "fp32", lambda: next(iter(backend_spec(REFERENCE_BACKEND).create(sources))))
 
 
+def reference_from_onnx(path: Path, threads: int | None = None) -> Candidate:
+    """ONNX Runtime FP32 on the CPU over a reference ONNX: the reference for users who have only ONNX files."""
+    from optimize.backends import OnnxRuntimeBackend
+
+    name = f"onnxruntime-cpu-fp32 ({Path(path).name})"
+    return Candidate(name, "fp32", lambda: OnnxRuntimeBackend(path, threads=threads, name=name))
+
+
 def batched_inputs(
-    normalization: Normalization,
+    normalization: ModelCard | Normalization,
     height: int,
     width: int,
     batch: int,
     count: int,
     images: Path | None = None,
 ) -> list[np.ndarray]:
-    """``count`` images (from a folder, else generated composites) at ``height x width``, in batches."""
+    """``count`` images (from a folder, else generated composites) at ``height x width``, in batches.
+
+    ``normalization`` is the model's card (or a legacy normalization): its preprocessing is applied.
+    """
     if count < 1 or batch < 1:
         raise MoptError(f"--count and --batch must be positive (got {count}, {batch})")
     if images is not None:

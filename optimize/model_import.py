@@ -170,7 +170,9 @@ def _probe_torch(model: torch.nn.Module, card: ModelCard) -> tuple[tuple[int, ..
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MoptError(f"the model failed on a {height}x{width} probe input: {first}") from exc
     if not isinstance(y, torch.Tensor):
-        raise MoptError(f"the model's result is a {type(y).__name__}, not a tensor; pick it with --output")
+        from architectures.adapters import select_output
+
+        y = select_output(y, None)  # one tensor in a dict/tuple is the result; several: the error lists them
     return _check_result_shape(tuple(y.shape), (height, width)), _range_notes(y.numpy(), card)
 
 

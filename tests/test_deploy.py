@@ -16,8 +16,8 @@ from optimize.deploy import (
     triton_repository_from_model,
 )
 from optimize.errors import MoptError
-from optimize.onnx_model import onnx_normalization
 from optimize.fileio import file_sha256
+from optimize.onnx_model import onnx_normalization
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient not installed")
 

@@ -97,8 +97,8 @@ def test_int8_model_runs_in_onnxruntime_within_budget(int8_result, tiny_simplifi
 def test_calibration_reads_the_folder_like_inference(
     int8_result, calib_folder: Path, tiny_simplified_onnx: Path
 ) -> None:
-    from optimize.onnx_model import onnx_normalization
     from optimize.images import inputs_from_folder
+    from optimize.onnx_model import onnx_normalization
 
     assert int8_result.calibration == {"source": str(calib_folder), "count": 4, "size": "64x64"}
     calibration = calibration_set_from_folder(calib_folder, tiny_simplified_onnx, (64, 64))

@@ -31,9 +31,9 @@ from PIL import Image
 from optimize.backends import OnnxRuntimeBackend
 from optimize.deps import is_available
 from optimize.errors import MoptError
-from optimize.onnx_model import onnx_normalization
 from optimize.images import DecodedImage
 from optimize.matte import inference_size, mattes_from_images
+from optimize.onnx_model import onnx_normalization
 from optimize.serve import (
     ALPHA_OUTPUT,
     ERROR_OUTPUT,

@@ -28,8 +28,11 @@ from optimize.compare import (
     candidates_from_sources,
     compare_models,
     reference_from_checkpoint,
+    reference_from_onnx,
 )
+from optimize.errors import MoptError
 from optimize.fileio import write_json
+from optimize.onnx_model import card_of_onnx
 from optimize.shapes import parse_size
 
 app = typer.Typer()
@@ -43,22 +46,17 @@ def default_onnx_models() -> list[Path]:
 
 def print_compare(report: CompareReport) -> None:
     table = Table(title=f"candidates vs reference {report.reference}")
-    for column in ("candidate", "precision", "result", "max abs", "MAD", "MSE", "SAD", "Grad", "Conn", "tolerance"):
+    image_model = any(c.psnr == c.psnr for c in report.candidates)  # PSNR is set (not NaN) for image models
+    columns = ("candidate", "precision", "result", "max abs", "MAD", "MSE", "PSNR" if image_model else "SAD")
+    if not image_model:
+        columns += ("Grad", "Conn")
+    for column in (*columns, "tolerance"):
         table.add_column(column, justify="left" if column in ("candidate", "result", "tolerance") else "right")
     for c in report.candidates:
         verdict = "[green]pass" if c.passed else "[red]FAIL: " + escape("; ".join(c.failures))
-        table.add_row(
-            c.name,
-            c.precision,
-            verdict,
-            f"{c.max_abs:.2e}",
-            f"{c.mad:.2e}",
-            f"{c.mse:.2e}",
-            f"{c.sad:.3f}",
-            f"{c.grad:.3f}",
-            f"{c.conn:.3f}",
-            f"atol {c.atol:g} rtol {c.rtol:g} MAD<={c.mad_budget:g}",
-        )
+        cells = [c.name, c.precision, verdict, f"{c.max_abs:.2e}", f"{c.mad:.2e}", f"{c.mse:.2e}"]
+        cells += [f"{c.psnr:.1f} dB"] if image_model else [f"{c.sad:.3f}", f"{c.grad:.3f}", f"{c.conn:.3f}"]
+        table.add_row(*cells, f"atol {c.atol:g} rtol {c.rtol:g} MAD<={c.mad_budget:g}")
     console.print(table)
 
 
@@ -68,28 +66,53 @@ def compare(
     onnx: OnnxModelsOption = None,
     engine: EngineOption = None,
     images: Annotated[Path | None, typer.Option("--images", file_okay=False, help="Folder of real images.")] = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            "--reference", dir_okay=False, help="Reference ONNX run in ONNX Runtime FP32 (instead of a checkpoint)."
+        ),
+    ] = None,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Images per inference.")] = 2,
-    size: Annotated[str, typer.Option("--size", help="Input H x W.")] = "512x512",
+    size: Annotated[
+        str | None, typer.Option("--size", help="Input H x W [512x512, or the model's fixed size].")
+    ] = None,
     count: Annotated[int, typer.Option("--count", min=1, help="Images to compare.")] = 4,
     threads: ThreadsOption = None,
     arch: ArchOption = None,
     json_path: JsonOption = None,
 ) -> None:
     """Compare ONNX/TensorRT candidates with PyTorch FP32; exit 1 if any is out of tolerance."""
-    height, width = parse_size(size)
-    loaded = load_checkpoint(checkpoint, arch=arch)
+    if reference is not None:
+        if not reference.is_file():
+            raise MoptError(f"reference ONNX {reference} does not exist")
+        card = card_of_onnx(reference)
+        ref = reference_from_onnx(reference, threads)
+        checkpoint = None
+        if not onnx and engine is None:
+            raise MoptError("--reference needs candidates to compare with it: give --onnx (repeatable) or --engine")
+    else:
+        card = load_checkpoint(checkpoint, arch=arch).card
     sources = ModelSources(
         checkpoint=checkpoint, onnx=list(onnx or default_onnx_models()), engine=engine, arch=arch, threads=threads
     )
-    inputs = batched_inputs(loaded.normalization, height, width, batch, count, images)
+    for path in sources.onnx:
+        if not path.is_file():
+            raise MoptError(f"ONNX model {path} does not exist; give the path of an exported model")
+    height, width = parse_size(size) if size else card.size.nearest(512, 512)
+    card.size.check(height, width, what="--size")
+    batch = min(batch, card.batch) if card.batch else batch
+    inputs = batched_inputs(card, height, width, batch, count, images)
     candidates, skipped = candidates_from_sources(sources)
     description = {
         "images": str(images) if images else "generated composites",
         "count": count,
         "batch": batch,
-        "size": size,
+        "size": f"{height}x{width}",
+        "reference": str(reference) if reference else str(checkpoint),
     }
-    report = compare_models(reference_from_checkpoint(sources), candidates, inputs, input_description=description)
+    if reference is None:
+        ref = reference_from_checkpoint(sources)
+    report = compare_models(ref, candidates, inputs, input_description=description)
     print_compare(report)
     for s in skipped:
         console.print(f"[dim]skipped {escape(s['backend'])}: {escape(s['reason'])}")
