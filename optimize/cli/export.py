@@ -23,7 +23,7 @@ def export(
     static_batch: Annotated[bool, typer.Option("--static-batch", help="Fix the batch dim to 1.")] = False,
     arch: ArchOption = None,
 ) -> None:
-    """Export CHECKPOINT to ONNX (input `input` Nx3xHxW, output `alpha` Nx1xHxW) and check it in ONNX Runtime."""
+    """Export CHECKPOINT to ONNX (tensor names and sizes from its model card) and check it in ONNX Runtime."""
     result = onnx_from_checkpoint(checkpoint, output, opset=opset, static_batch=static_batch, arch=arch)
     checks = ", ".join(f"{'x'.join(map(str, c['shape']))}: {c['max_abs']:.1e}" for c in result.checks)
     batch = "dynamic" if result.dynamic_batch else "static (1)"
