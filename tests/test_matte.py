@@ -386,21 +386,34 @@ def test_cli_user_errors_are_one_line_and_write_nothing(tmp_path, tiny_onnx, ext
 
 def test_cli_without_a_model_says_what_to_pass(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(matte_cli, "DEFAULT_MATTE_CHECKPOINT", tmp_path / "missing.pth")
     os.makedirs("in")
     Image.fromarray(_pattern(40, 30, 0)).save("in/x.jpg")
     result = runner.invoke(matte_cli.app, ["in", "-o", "out"])
     assert result.exit_code == 1 and "pass --onnx" in str(result.exception)
 
 
-def test_cli_uses_the_model_mopt_export_left_in_engines(tmp_path, monkeypatch, tiny_onnx):
+def test_cli_default_is_the_named_bundled_model_not_a_leftover_in_engines(
+    tmp_path, monkeypatch, tiny_onnx, tiny_checkpoint
+):
+    """A model `mopt export` left in engines/ must not silently replace the default: the default is named."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(matte_cli, "DEFAULT_MATTE_CHECKPOINT", tiny_checkpoint)
     os.makedirs("in")
     os.makedirs("engines")
     Image.fromarray(_pattern(40, 30, 0)).save("in/x.jpg")
     Path("engines/tiny.onnx").write_bytes(tiny_onnx.read_bytes())
     result = runner.invoke(matte_cli.app, ["in", "-o", "out", "--output", "alpha"])
     assert result.exit_code == 0, result.output
-    assert "onnxruntime-cpu-fp32" in result.output and Path("out/x.png").is_file()
+    assert f"model: {tiny_checkpoint}" in result.output and "torch-cpu-fp32" in result.output
+    assert "onnxruntime" not in result.output.split("not used")[0]
+    assert Path("out/x.png").is_file()
+
+
+def test_cli_names_a_missing_model_file(tmp_path):
+    (tmp_path / "in").mkdir()
+    result = runner.invoke(matte_cli.app, [str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--onnx", "nope.onnx"])
+    assert result.exit_code == 1 and "nope.onnx does not exist" in str(result.exception)
 
 
 def test_cli_ctrl_c_exits_130_with_a_hint(tmp_path, tiny_onnx, monkeypatch):

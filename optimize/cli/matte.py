@@ -11,9 +11,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from optimize.artifacts import ENGINES_DIR, latest_fp32_onnx
 from optimize.backends import ModelSources
-from optimize.checkpoint import DEFAULT_CHECKPOINT
+from optimize.checkpoint import DEFAULT_MATTE_CHECKPOINT
 from optimize.cli.common import ArchOption, ThreadsOption, console
 from optimize.errors import MoptError
 from optimize.images import DEFAULT_PNG_COMPRESSION, parse_color
@@ -48,19 +47,25 @@ DEFAULT_COMPRESSION = Compression(DEFAULT_PNG_COMPRESSION)
 def model_sources(
     engine: Path | None, onnx: Path | None, checkpoint: Path | None, arch: str | None, threads: int | None
 ) -> ModelSources:
-    """The model files to choose a backend from: the ones given, else what ``mopt export`` left behind."""
+    """The model files to choose a backend from: the ones given, else the bundled pretrained person model.
+
+    The default never depends on what happens to lie in ``engines/``: a run without a model named always
+    uses the same, named model.
+    """
+    for given in (engine, onnx, checkpoint):
+        if given is not None and not given.is_file():
+            raise MoptError(f"model file {given} does not exist; give the path of an existing model")
     if engine or onnx or checkpoint:
         return ModelSources(
             checkpoint=checkpoint, onnx=[onnx] if onnx else [], engine=engine, arch=arch, threads=threads
         )
-    found_onnx = [latest_fp32_onnx(ENGINES_DIR)] if ENGINES_DIR.is_dir() and any(ENGINES_DIR.glob("*.onnx")) else []
-    found_checkpoint = DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT.is_file() else None
-    if not found_onnx and found_checkpoint is None:
+    if not DEFAULT_MATTE_CHECKPOINT.is_file():
         raise MoptError(
-            f"no model given and none found ({ENGINES_DIR}/*.onnx, {DEFAULT_CHECKPOINT}); "
-            "pass --onnx, --engine or --checkpoint (or run `mopt export` first)"
+            f"no model given and the bundled {DEFAULT_MATTE_CHECKPOINT} is missing; pass --onnx, --engine or "
+            "--checkpoint"
         )
-    return ModelSources(checkpoint=found_checkpoint, onnx=found_onnx, arch=arch, threads=threads)
+    console.print(f"model: {DEFAULT_MATTE_CHECKPOINT} (default: the bundled MediaPipe selfie segmentation model)")
+    return ModelSources(checkpoint=DEFAULT_MATTE_CHECKPOINT, arch=arch, threads=threads)
 
 
 def print_summary(report: MatteReport, report_path: Path | None) -> None:
@@ -97,7 +102,7 @@ def matte(
     checkpoint: Annotated[
         Path | None,
         typer.Option(
-            "--checkpoint", "-c", dir_okay=False, help=f"Checkpoint, run in PyTorch (default: {DEFAULT_CHECKPOINT})."
+            "--checkpoint", "-c", dir_okay=False, help="Checkpoint, run in PyTorch (default: the bundled selfie.pth)."
         ),
     ] = None,
     output: Annotated[
