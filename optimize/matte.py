@@ -153,8 +153,9 @@ class BackendChoice:
 
     def fit(self, batch: int, max_side: int) -> tuple[int, int, int]:
         """``(batch, max_side, min_side)`` for a run, narrowed to what the backend accepts."""
-        if self.normalization.batch is not None:
-            batch = min(batch, self.normalization.batch)
+        fixed_batch = input_card(self.normalization).batch
+        if fixed_batch is not None:
+            batch = min(batch, fixed_batch)
         if self.limits is None:
             return batch, max_side, SIZE_STEP
         return (
