@@ -5,7 +5,13 @@ from __future__ import annotations
 import importlib
 import sys
 
+import click
 import typer
+
+try:  # typer 0.2x vendors its own click; older releases use click itself
+    from typer._click.exceptions import UsageError as _TyperUsageError
+except ImportError:  # pragma: no cover - depends on the installed typer
+    _TyperUsageError = click.UsageError
 
 from optimize.errors import MoptError
 
@@ -45,16 +51,44 @@ for _name in COMMAND_MODULES:
     app.add_typer(_module.app, name=getattr(_module, "GROUP", None))
 
 
+def _version(value: bool) -> None:
+    if value:
+        from optimize import __version__
+
+        print(f"mopt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Optimize U-Net image-matting models: export, simplify, build TensorRT engines, compare, bench, serve."""
+
+
+def _usage_error_line(exc: click.UsageError | _TyperUsageError) -> str:
+    """Click's multi-line usage error as one line: what was wrong, and where to read more."""
+    command = exc.ctx.command_path if exc.ctx is not None else "mopt"
+    return f"{exc.format_message().strip().replace(chr(10), ' ')} (see `{command} --help`)"
+
+
 def main() -> None:
-    """Run the CLI; a MoptError is a user mistake: one line on stderr, exit 1, no traceback."""
+    """Run the CLI; a MoptError or a usage error is a user mistake: one line on stderr, exit 1, no traceback."""
     try:
-        app()
+        code = app(standalone_mode=False, prog_name="mopt")
     except MoptError as exc:
         print(f"mopt: error: {exc}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
+    except (click.UsageError, _TyperUsageError) as exc:  # bad option value, unknown option, missing argument
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `mopt` or `mopt debug` alone: the help, not an error
+            print(exc.format_message())
+            sys.exit(0)
+        print(f"mopt: error: {_usage_error_line(exc)}", file=sys.stderr)
+        sys.exit(1)
+    except (KeyboardInterrupt, click.Abort, typer.Abort):
         print("mopt: interrupted", file=sys.stderr)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
