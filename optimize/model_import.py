@@ -219,7 +219,15 @@ def _export_imported(
         checkpoint = save_checkpoint(module, Path(tmp) / f"{output.stem}.pth", card=card, extra=extra)
         arch = card.arch if ":" in card.arch and not card.arch.startswith("smp:") else None
         result = onnx_from_checkpoint(checkpoint, output, arch=arch)
-    return ImportResult(result.path, card_of_model(load_onnx(result.path, False), result.path), probe_shape, notes)
+    # The checkpoint above was temporary: the ONNX descends from the source weights, say so.
+    model = onnx.load(str(result.path))
+    kept = [p for p in model.metadata_props if p.key != "mopt.checkpoint_sha256"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    set_metadata(model, {"mopt.source_sha256": extra["source_sha256"], "mopt.imported_from": extra["imported_from"]})
+    with atomic_output(result.path) as tmp:
+        onnx.save(model, str(tmp))
+    return ImportResult(result.path, card_of_model(model, result.path), probe_shape, notes)
 
 
 def _from_tflite(source: Path, output: Path, card_changes: dict[str, Any]) -> ImportResult:

@@ -112,6 +112,13 @@ def require_fp32_source(model: onnx.ModelProto, path: Path) -> None:
         raise MoptError(f"{path} already has FP16 weights; convert the FP32 model instead")
 
 
+def lineage_of(path: str | Path) -> str | None:
+    """The sha256 of the file a model was made from (the checkpoint it was exported from, or the imported
+    source), carried through simplify, FP16 and INT8; None for a model mopt did not write."""
+    meta = read_metadata(path)
+    return meta.get("mopt.checkpoint_sha256") or meta.get("mopt.source_sha256")
+
+
 # --- the card ------------------------------------------------------------------------------------------------
 
 

@@ -191,8 +191,29 @@ def test_u2netp_state_dict_with_the_authors_key_names(tmp_path, photos):
     torch.save({"state_dict": state}, weights)
     result = import_model(weights, tmp_path / "u2netp.mopt.pth", arch="u2netp")
     assert result.card.arch == "u2netp" and result.probe_shape == (1, 1, 64, 96)
-    onnx_path = import_model(weights, tmp_path / "u2netp.onnx", arch="u2netp").path
+    direct = import_model(weights, tmp_path / "u2netp.direct.onnx", arch="u2netp").path
+    assert card_of_onnx(direct).arch == "u2netp"
+    from optimize.export import onnx_from_checkpoint
+
+    onnx_path = onnx_from_checkpoint(result.path, tmp_path / "u2netp.onnx").path
     pipeline_after_import(onnx_path, tmp_path, photos, ["-c", str(result.path)])
+    # The ONNX imported straight from the weights descends from them, not from the .pth imported beside it.
+    mismatch = run_mopt("compare", "-c", result.path, "--onnx", direct, "--count", 1, "--size", "64x64", cwd=tmp_path)
+    one_line_error(mismatch, "made from another model", "--allow-mismatch")
+    allowed = run_mopt(
+        "compare",
+        "-c",
+        result.path,
+        "--onnx",
+        direct,
+        "--count",
+        1,
+        "--size",
+        "64x64",
+        "--allow-mismatch",
+        cwd=tmp_path,
+    )
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
 
 
 @pytest.fixture(scope="session")
@@ -258,7 +279,9 @@ def test_smp_unet_with_a_small_encoder(tmp_path, photos):
     args = {"encoder_name": "mobilenet_v2", "classes": 1}
     result = import_model(weights, tmp_path / "smp.mopt.pth", arch="smp:Unet", arch_args=args)
     assert result.card.size.multiple == 32 and result.card.activation == "sigmoid"
-    onnx_path = import_model(weights, tmp_path / "smp.onnx", arch="smp:Unet", arch_args=args).path
+    from optimize.export import onnx_from_checkpoint
+
+    onnx_path = onnx_from_checkpoint(result.path, tmp_path / "smp.onnx").path
     pipeline_after_import(onnx_path, tmp_path, photos, ["-c", str(result.path)])
 
 

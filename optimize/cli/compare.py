@@ -32,7 +32,7 @@ from optimize.compare import (
 )
 from optimize.errors import MoptError
 from optimize.fileio import write_json
-from optimize.onnx_model import card_of_onnx
+from optimize.onnx_model import card_of_onnx, lineage_of
 from optimize.shapes import parse_size
 
 app = typer.Typer()
@@ -60,6 +60,17 @@ def print_compare(report: CompareReport) -> None:
     console.print(table)
 
 
+def check_lineage(candidate: Path, expected: str | None, origin: str) -> None:
+    """Refuse to compare a model made from another checkpoint: its differences would be no verdict at all."""
+    found = lineage_of(candidate)
+    if expected is None or found is None or found == expected:
+        return
+    raise MoptError(
+        f"{candidate} was made from another model (sha256 {found[:12]}) than the {origin} (sha256 {expected[:12]}); "
+        "give the matching reference, or pass --allow-mismatch to compare anyway"
+    )
+
+
 @app.command("compare")
 def compare(
     checkpoint: CheckpointOption = DEFAULT_CHECKPOINT_PATH,
@@ -80,6 +91,9 @@ def compare(
     threads: ThreadsOption = None,
     arch: ArchOption = None,
     json_path: JsonOption = None,
+    allow_mismatch: Annotated[
+        bool, typer.Option("--allow-mismatch", help="Compare models made from another checkpoint anyway.")
+    ] = False,
 ) -> None:
     """Compare ONNX/TensorRT candidates with PyTorch FP32; exit 1 if any is out of tolerance."""
     if reference is not None:
@@ -90,14 +104,21 @@ def compare(
         checkpoint = None
         if not onnx and engine is None:
             raise MoptError("--reference needs candidates to compare with it: give --onnx (repeatable) or --engine")
+        expected = lineage_of(reference)
+        origin = f"reference {reference}"
     else:
-        card = load_checkpoint(checkpoint, arch=arch).card
+        loaded = load_checkpoint(checkpoint, arch=arch)
+        card, expected, origin = loaded.card, loaded.sha256, f"checkpoint {checkpoint}"
     sources = ModelSources(
         checkpoint=checkpoint, onnx=list(onnx or default_onnx_models()), engine=engine, arch=arch, threads=threads
     )
     for path in sources.onnx:
         if not path.is_file():
             raise MoptError(f"ONNX model {path} does not exist; give the path of an exported model")
+        if not allow_mismatch:
+            check_lineage(path, expected, origin)
+    if engine is not None and not engine.is_file():
+        raise MoptError(f"engine {engine} does not exist; build one with `mopt build-engine` or drop --engine")
     height, width = parse_size(size) if size else card.size.nearest(512, 512)
     card.size.check(height, width, what="--size")
     batch = min(batch, card.batch) if card.batch else batch
