@@ -26,7 +26,9 @@ from optimize.engine import (
     default_build_onnx,
     default_engine_path,
     engine_from_onnx,
+    engine_io_from_sidecar,
     load_engine_checked,
+    onnx_weight_bytes,
     read_sidecar,
     sidecar_mismatch,
     tensorrt_unavailable_reason,
@@ -560,3 +562,54 @@ def test_cli_builds_with_the_stand_in_module_and_uses_engines_dir_by_default(
     again = CliRunner().invoke(build_engine_cli.app, args)
     assert again.exit_code == 0 and "reused engines/cvunet.sim.fp16.plan" in again.output
     assert read_metadata(in_tmp / "engines" / "cvunet.sim.onnx")["mopt.precision"] == "fp32"
+
+
+# --- the engine's I/O in the sidecar ----------------------------------------------------------------------------
+
+
+def test_the_sidecar_records_the_engines_io_memory_weights_and_triton(tmp_path: Path, gpu_machine) -> None:
+    gpu_machine("10.13.3.9")
+    result = engine_from_onnx(write_onnx(tmp_path / "m.onnx"), profiles=[SMALL, DEFAULT_PROFILE], precision="fp32")
+    data = result.sidecar
+    assert data["schema"] == 2
+    assert data["io"]["inputs"] == [
+        {"name": "input", "dtype": "float32", "shape": [-1, 3, -1, -1], "profiles": [SMALL.to_dict(),
+                                                                                      DEFAULT_PROFILE.to_dict()]}
+    ]
+    assert data["io"]["outputs"] == [{"name": "alpha", "dtype": "float32", "shape": [-1, 3, -1, -1]}]
+    assert data["device_memory_bytes"] == 64 << 20 and data["weights_bytes"] == 0  # Sigmoid: no weights
+    assert data["triton"] == {"container": "trtllm-python-py3", "releases": ["26.02", "26.01", "25.12", "25.11"]}
+    io = engine_io_from_sidecar(data)
+    assert (io.input_name, io.output_name, io.input_dtype, io.recorded) == ("input", "alpha", "float32", True)
+    assert io.profiles == (SMALL, DEFAULT_PROFILE) and io.output_shape == (-1, 3, -1, -1)
+
+
+def test_old_sidecars_keep_working_with_mopts_default_names() -> None:
+    io = engine_io_from_sidecar({"schema": 1, "profiles": [SMALL.to_dict()]})
+    assert (io.input_name, io.output_name, io.input_dtype, io.output_dtype) == ("input", "alpha", "float32", "float32")
+    assert io.profiles == (SMALL,) and not io.recorded
+    with pytest.raises(MoptError, match="records no 'profiles'"):
+        engine_io_from_sidecar({"schema": 1})
+    empty = {"inputs": [{"name": "x", "dtype": "float32", "profiles": []}], "outputs": [{"name": "y", "dtype": "f"}]}
+    with pytest.raises(MoptError, match="records no profiles for input 'x'"):
+        engine_io_from_sidecar({"io": empty})
+
+
+def test_onnx_weight_bytes_counts_initializers_in_their_stored_type(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [2, 3])],
+        initializer=[helper.make_tensor("w", TensorProto.FLOAT16, [2, 3], [0.0] * 6)],
+    )
+    path = tmp_path / "w.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert onnx_weight_bytes(path) == 12
+
+
+def test_type_stubs_alone_are_not_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+    # tensorrt-stubs installs a tensorrt/ folder of .pyi files, which imports as an empty namespace package.
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    version, why = engine_mod._tensorrt_version()
+    assert version is None and "only the tensorrt-stubs type stubs" in why
