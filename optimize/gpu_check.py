@@ -425,15 +425,16 @@ def _tests(check: Check) -> str:
 
 
 def _engine(check: Check) -> str:
-    from optimize.engine import engine_from_onnx, tensorrt_unavailable_reason
+    from optimize.engine import engine_from_onnx, gpu_environment, tensorrt_unavailable_reason
     from optimize.export import onnx_from_checkpoint
     from optimize.profiles import ShapeProfile
     from optimize.tensorrt_api import parse_version
 
-    reason = tensorrt_unavailable_reason()
+    machine = gpu_environment()
+    reason = tensorrt_unavailable_reason(machine)
     if reason:
         raise Skip(f"TensorRT FP16 not measured: {reason}")
-    import tensorrt as trt
+    version = machine.tensorrt or ""
 
     check.onnx = onnx_from_checkpoint(check.checkpoint, check.workdir / "cvunet.onnx").path
     height, width = BENCH_SIZE
@@ -442,13 +443,13 @@ def _engine(check: Check) -> str:
     # The strongly typed FP16 route needs ModelOpt for the FP16 graph; TensorRT 10.x can do without it.
     route = "graph"
     if importlib.util.find_spec("modelopt") is None:
-        if parse_version(trt.__version__)[0] >= 11:
+        if parse_version(version)[0] >= 11:
             raise Skip("TensorRT 11 builds FP16 from an FP16 graph, which needs ModelOpt (nvidia-modelopt[onnx])")
         route = "builder-flag"
     built = engine_from_onnx(check.onnx, check.workdir / "cvunet.fp16.plan", precision="fp16", profiles=[profile],
                              route=route)
     check.engine = built.path
-    return f"TensorRT {trt.__version__}, route {built.route.name}, built in {built.sidecar['build_seconds']:.0f} s"
+    return f"TensorRT {version}, route {built.route.name}, built in {built.sidecar['build_seconds']:.0f} s"
 
 
 def _bench(check: Check) -> str:
@@ -489,6 +490,8 @@ def _compare(check: Check) -> str:
     sources = ModelSources(checkpoint=check.checkpoint, engine=check.engine)
     candidates, skipped = candidates_from_sources(sources, [n for n in COMPARE_BACKENDS
                                                             if n != "tensorrt" or check.engine is not None])
+    if not candidates:
+        raise Skip("no GPU backend can run here: " + "; ".join(f"{s['backend']}: {s['reason']}" for s in skipped))
     inputs = batched_inputs(loaded.normalization, 512, 512, 2, 4)
     report = compare_models(reference_from_checkpoint(sources), candidates, inputs,
                             input_description={"images": "generated composites", "count": 4, "batch": 2,

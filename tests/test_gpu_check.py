@@ -210,3 +210,29 @@ def test_a_failing_step_is_recorded_and_the_rest_still_run(tmp_path: Path) -> No
         ("c", "passed", "fine"),
     ]
     assert "Traceback" in check.report["tracebacks"]["a"]
+
+
+def test_the_engine_step_builds_fp16_where_tensorrt_imports(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trt_standin import make_tensorrt
+
+    from optimize import engine as engine_mod
+    from optimize.engine import MachineInfo
+
+    real_find_spec = gpu_check.importlib.util.find_spec
+    monkeypatch.setattr(gpu_check.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "modelopt" else real_find_spec(name, *a))
+    check = gpu_check.Check(out=tmp_path, checkpoint=tiny_checkpoint, workdir=tmp_path)
+    for version, status in (("11.4.0", "skipped"), ("10.13.3.9", "passed")):
+        monkeypatch.setitem(sys.modules, "tensorrt", make_tensorrt(version))
+        machine = MachineInfo(gpu=True, gpu_name="NVIDIA H200", compute_capability="9.0", tensorrt=version)
+        monkeypatch.setattr(engine_mod, "gpu_environment", lambda machine=machine: machine)
+        check.run(f"engine {version}", lambda: gpu_check._engine(check))
+        assert check.steps[-1].status == status, check.steps[-1].detail
+    assert "needs ModelOpt" in check.steps[0].detail
+    assert check.steps[1].detail.startswith("TensorRT 10.13.3.9, route builder-flag")
+    sidecar = json.loads(check.engine.with_suffix(".json").read_text())
+    assert sidecar["precision"] == "fp16" and sidecar["profiles"] == [
+        {"min": [1, 3, 1024, 1024], "opt": [8, 3, 1024, 1024], "max": [8, 3, 1024, 1024]}
+    ]
