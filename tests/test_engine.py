@@ -613,3 +613,21 @@ def test_type_stubs_alone_are_not_tensorrt(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
     version, why = engine_mod._tensorrt_version()
     assert version is None and "only the tensorrt-stubs type stubs" in why
+
+
+def test_matte_takes_the_engines_profile_from_its_recorded_io(tmp_path: Path) -> None:
+    from optimize.backends import ModelSources
+    from optimize.matte import _engine_details
+
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"engine")
+    io = {
+        "inputs": [{"name": "input.1", "dtype": "float32", "shape": [-1, 3, -1, -1], "profiles": [SMALL.to_dict()]}],
+        "outputs": [{"name": "mask", "dtype": "float32", "shape": [-1, 1, -1, -1]}],
+    }
+    (tmp_path / "m.json").write_text(json.dumps({"profiles": [DEFAULT_PROFILE.to_dict()], "io": io}))
+    _, limits = _engine_details(ModelSources(engine=plan))
+    assert (limits.min_side, limits.max_side, limits.max_batch) == (64, 128, 4)  # SMALL, as the engine has it
+    (tmp_path / "m.json").write_text(json.dumps({"profiles": [DEFAULT_PROFILE.to_dict()]}))  # an old sidecar
+    _, limits = _engine_details(ModelSources(engine=plan))
+    assert (limits.min_side, limits.max_side, limits.max_batch) == (256, 1024, 8)
