@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import tempfile
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -397,17 +398,19 @@ def triton_config_from_spec(
 
 def config_comment(spec: ModelSpec, config) -> str:
     """``#`` lines at the top of ``config.pbtxt`` that say where its limits come from (Triton ignores them)."""
-    lines = [f"Written by mopt from {spec.path.name}."]
+    paragraphs = [f"Written by mopt from {spec.path.name}."]
     if spec.kind == "tensorrt":
         ranges = ", ".join(f"profile {i}: batch {p.min[0]}-{p.max[0]}" for i, p in enumerate(spec.profiles))
-        lines += [
-            f"max_batch_size {config.max_batch_size}: the largest B such that every batch 1..B fits one of the",
-            f"engine's profiles ({ranges}); Triton runs each batch in the closest listed profile, so every batch",
-            "it accepts has a profile and no larger batch is accepted.",
+        paragraphs += [
+            f"max_batch_size {config.max_batch_size}: the largest B such that every batch 1..B fits one of the "
+            f"engine's profiles ({ranges}). Triton runs each batch in the closest listed profile, so every batch "
+            f"it accepts has a profile and no larger batch is accepted; a request whose H x W no profile covers at "
+            f"its batch is refused by the TensorRT backend.",
             triton_match(spec.tensorrt_version).advice() + ".",
         ]
     elif config.max_batch_size:
-        lines.append(f"max_batch_size {config.max_batch_size}: the ONNX batch dim is dynamic; --max-batch sets it.")
+        paragraphs.append(f"max_batch_size {config.max_batch_size}: the ONNX batch is dynamic; --max-batch sets it.")
+    lines = [line for text in paragraphs for line in textwrap.wrap(text, 110)]
     return "".join(f"# {line}\n" for line in lines)
 
 
