@@ -11,7 +11,12 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 REPORT ?= reports/latest
 PYTEST_ARGS ?=
 
-.PHONY: setup test compare bench lint clean checkpoint recipes
+# The TensorRT 10.x type stubs the conformance test parses (tests/test_tensorrt_conformance.py). Fetched as a wheel,
+# without dependencies, and never installed: the package requires tensorrt==10.13.0.35, a placeholder that downloads
+# TensorRT from NVIDIA's own index, and installed it would make `import tensorrt` succeed on an empty namespace.
+TENSORRT_STUBS ?= tensorrt-stubs==10.13.0.35.1
+
+.PHONY: setup test compare bench lint clean checkpoint recipes gpu-check gpu-check-wheels
 
 setup: $(STAMP)
 
@@ -19,6 +24,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip download --quiet --disable-pip-version-check --no-deps --dest $(VENV)/share/mopt \
+		"$(TENSORRT_STUBS)"
 	touch $@
 
 test: setup
@@ -48,6 +55,29 @@ recipes: setup
 		--count 16 --threads 2 -o checkpoints/cvunet.fp16-recipe.json
 	$(BIN)/mopt debug precision engines/cvunet.sim.onnx --int8 --budget mad=0.004 --size 512x512 --count 16 \
 		--synthetic 32 --threads 2 -o checkpoints/cvunet.int8-recipe.json
+
+# Everything that needs an NVIDIA GPU (H100/H200: a few minutes): the gpu/tensorrt tests, bench at 1024x1024 batch 1
+# and 8 (torch-cuda FP32, torch-cuda-fp16 with CUDA graphs, TensorRT FP16 where it imports), compare on the GPU and
+# the model's memory-bandwidth floor; one JSON and one Markdown report named after the GPU in GPU_CHECK_OUT. It uses
+# the machine's own python3 (CUDA PyTorch, onnx, onnxruntime, numpy), not .venv (a CPU PyTorch). Without a GPU it
+# prints one line and exits 2. Wheels the GPU machine may lack (cp312, manylinux x86_64, 42.9 MB together) are
+# installed from GPU_CHECK_WHEELS only when their module is missing; `make gpu-check-wheels` fetches them here:
+#   polygraphy-0.53.6-py3-none-any.whl                                   0.5 MB  compare (not on the H200 image)
+#   scipy-1.17.1-cp312-cp312-manylinux_2_27_x86_64.manylinux_2_28_x86_64  35.2 MB compare's matte metrics
+#   pillow-13.0.0-cp312-cp312-manylinux_2_27_x86_64.manylinux_2_28_x86_64 7.1 MB  compare's inputs
+GPU_PYTHON ?= python3
+GPU_CHECK_OUT ?= reports/gpu-check
+GPU_CHECK_WHEELS ?= .whl
+GPU_CHECK_WHEEL_SPECS := polygraphy==0.53.6 scipy==1.17.1 pillow==13.0.0
+
+gpu-check:
+	@PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(GPU_PYTHON) -m optimize.gpu_check --out "$(GPU_CHECK_OUT)" \
+		$(if $(wildcard $(GPU_CHECK_WHEELS)/*.whl),--wheels "$(GPU_CHECK_WHEELS)")
+
+gpu-check-wheels:
+	$(PYTHON) -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+		--platform manylinux_2_17_x86_64 --dest $(GPU_CHECK_WHEELS) $(GPU_CHECK_WHEEL_SPECS)
 
 lint: setup
 	$(BIN)/ruff check optimize architectures tests

@@ -36,6 +36,8 @@ class BenchResult:
     peak_mem_mb: float | None
     cost_per_1k_images_usd: float | None
     iterations: int
+    cuda_graph: bool | None = None  # GPU backends that capture CUDA graphs: whether the timing replayed one
+    note: str | None = None  # why not (a capture that failed and fell back to plain launches)
 
 
 @dataclass
@@ -118,6 +120,7 @@ def measure_backend(
     x = np.random.default_rng(0).standard_normal((batch, 3, height, width)).astype(np.float32)
     backend.reset_peak_memory()
     times = backend.time_inference(x, warmup, iterations)
+    shape = tuple(x.shape)
     return BenchResult(
         backend=backend.backend,
         name=backend.name,
@@ -128,6 +131,8 @@ def measure_backend(
         width=width,
         peak_mem_mb=backend.peak_memory_mb(),
         iterations=len(times),
+        cuda_graph=getattr(backend, "graph_used", {}).get(shape),
+        note=getattr(backend, "graph_notes", {}).get(shape),
         **summarize(times, batch, price_per_hour),
     )
 

@@ -5,16 +5,24 @@ backend) or ``model.onnx`` (ONNX Runtime backend). The config is built as Triton
 (shipped with ``tritonclient``) and printed with ``text_format``, so every field name and enum is checked by
 protobuf rather than typed by hand.
 
-The model served this way takes the preprocessed tensor (``input``: N x 3 x H x W float32, normalized with the
-values recorded in the config's ``mopt.normalization`` parameter) and returns ``alpha`` (N x 1 x H x W in
-[0, 1]); decoding and resizing stay with the client (or with ``mopt serve``, which does them server-side).
+The model served this way takes the preprocessed image tensor (N x 3 x H x W, normalized with the values recorded
+in the config's ``mopt.normalization`` parameter) and returns the alpha matte (N x 1 x H x W in [0, 1]); decoding
+and resizing stay with the client (or with ``mopt serve``, which does them server-side). Tensor names and data
+types are the model's own: for an engine, those its sidecar recorded when it was built (older sidecars: mopt's
+``input`` / ``alpha``, FP32); for an ONNX, those of its graph.
 
 Shapes come from the engine's profiles (its JSON sidecar) or the ONNX's dims:
 
-* ``max_batch_size`` is the largest batch every profile accepts. Triton sizes its buffers for
-  ``max_batch_size x dims`` on every profile an instance uses, so it must fit the smallest profile max.
-* H and W are ``-1`` unless every profile fixes them to one value.
+* ``max_batch_size``: Triton's TensorRT backend picks, per batch it runs, the listed profile closest to the
+  batch's shape, and accepts a ``max_batch_size`` up to the largest profile max batch. Its dynamic batcher forms
+  batches of every size from 1 to ``max_batch_size``, so ``max_batch_size`` is the largest B such that each batch
+  size 1..B fits some profile: every batch Triton accepts has a profile, and no larger batch is accepted. (With
+  one profile, that is its max batch.) A gap in the profiles' batch ranges stops it below the gap.
+* H and W are ``-1`` unless every profile fixes them to one value; a request whose H x W no profile covers at its
+  batch size is refused by the backend ("failed to find any Optimization Profile").
 * Dynamic batching prefers the profiles' opt and max batches: the sizes TensorRT tuned its kernels for.
+* An engine loads only in a Triton whose TensorRT built it: the config records the engine's TensorRT version and
+  the Triton releases that ship it (:mod:`optimize.triton_releases`); ``--triton-version`` refuses a mismatch.
 """
 
 from __future__ import annotations
@@ -25,16 +33,18 @@ import os
 import re
 import shutil
 import tempfile
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from optimize.deps import require
-from optimize.engine import ENGINE_SUFFIXES, read_sidecar, sidecar_path
+from optimize.engine import ENGINE_SUFFIXES, engine_io_from_sidecar, read_sidecar, sidecar_path
 from optimize.errors import MoptError
-from optimize.export import INPUT_NAME, OUTPUT_NAME, read_metadata
+from optimize.onnx_model import read_metadata
 from optimize.fileio import file_sha256
-from optimize.profiles import ShapeProfile, format_shape, onnx_input_dims, validate_profile
+from optimize.profiles import ShapeProfile, format_shape, validate_profile
+from optimize.triton_releases import check_triton_release, triton_match
 
 ONNX_SUFFIX = ".onnx"
 DEFAULT_MODEL_NAME = "cvunet"
@@ -42,8 +52,19 @@ DEFAULT_ONNX_MAX_BATCH = 8
 DEFAULT_QUEUE_DELAY_US = 2000
 # Triton accepts the same characters in model names as in folder names it scans; stay with the portable set.
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-# ONNX TensorProto element types of the image tensors -> Triton data types.
-_ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 16: "TYPE_BF16"}
+# Data types (numpy / ONNX names) -> Triton data types.
+_TRITON_TYPES = {
+    "float32": "TYPE_FP32",
+    "float16": "TYPE_FP16",
+    "bfloat16": "TYPE_BF16",
+    "int8": "TYPE_INT8",
+    "uint8": "TYPE_UINT8",
+    "int32": "TYPE_INT32",
+    "int64": "TYPE_INT64",
+    "bool": "TYPE_BOOL",
+}
+# ONNX TensorProto element types of image tensors -> those names (the types a matting model's I/O can have).
+_ONNX_DTYPES = {1: "float32", 10: "float16", 16: "bfloat16"}
 
 
 class InstanceKind(str, enum.Enum):
@@ -61,20 +82,32 @@ class ModelSpec:
         path: the engine or ONNX file.
         kind: ``"tensorrt"`` or ``"onnxruntime"``.
         input_name / output_name: tensor names in the model.
-        data_type: Triton type of both tensors (``TYPE_FP32`` unless the I/O itself is half precision).
+        input_type / output_type: Triton data types of the two tensors (``TYPE_FP32``, ``TYPE_FP16``, ...).
         profiles: for an engine, its optimization profiles; for an ONNX, none.
         onnx_dims: for an ONNX, the input dims (ints fixed, strings dynamic).
+        onnx_output_dims: for an ONNX, the output dims.
         metadata: facts copied into the config's ``parameters`` (precision, hashes, normalization...).
+        tensorrt_version: for an engine, the TensorRT that built it (``None``: not recorded).
     """
 
     path: Path
     kind: str
     input_name: str
     output_name: str
-    data_type: str
+    input_type: str
+    output_type: str
     profiles: list[ShapeProfile]
     onnx_dims: list[int | str] | None
     metadata: dict[str, str]
+    onnx_output_dims: list[int | str] | None = None
+    tensorrt_version: str | None = None
+
+
+def triton_type(dtype: str, what: str) -> str:
+    """The Triton data type of a numpy/ONNX dtype name, or a MoptError naming ``what``."""
+    if dtype not in _TRITON_TYPES:
+        raise MoptError(f"{what} has data type {dtype!r}, which Triton has no type for")
+    return _TRITON_TYPES[dtype]
 
 
 def _model_config_pb2() -> Any:
@@ -107,8 +140,9 @@ def read_engine_sidecar(plan: str | Path) -> dict[str, Any]:
         raise MoptError(
             f"engine sidecar {sidecar_path(plan)} has no 'profiles' list; rebuild with `mopt build-engine --force`"
         )
-    for index, profile in enumerate(data["profiles"]):
-        validate_profile(ShapeProfile.from_dict(profile), index)
+    # The engine's own I/O (names, dtypes, per-profile shapes); an older sidecar gets mopt's default names.
+    for index, profile in enumerate(engine_io_from_sidecar(data, f"engine sidecar {sidecar_path(plan)}").profiles):
+        validate_profile(profile, index)
     if data.get("engine_sha256") and data["engine_sha256"] != file_sha256(plan):
         raise MoptError(
             f"engine sidecar {sidecar_path(plan)} describes another engine (sha256 differs from {plan}); "
@@ -133,44 +167,63 @@ def engine_normalization(sidecar: dict[str, Any]) -> str | None:
 
 def _engine_spec(plan: Path) -> ModelSpec:
     sidecar = read_engine_sidecar(plan)
-    profiles = [ShapeProfile.from_dict(p) for p in sidecar["profiles"]]
+    where = f"engine sidecar {sidecar_path(plan)}"
+    io = engine_io_from_sidecar(sidecar, where)
     metadata = {"mopt.source": plan.name}
     for key in ("precision", "tensorrt_version", "compute_capability", "gpu", "onnx_sha256", "engine_sha256",
                 "mopt_version"):
         if sidecar.get(key) is not None:
             metadata[f"mopt.{key}"] = str(sidecar[key])
+    match = triton_match(sidecar.get("tensorrt_version"))
+    if match.releases:
+        metadata["mopt.triton_releases"] = ",".join(match.releases)
     normalization = engine_normalization(sidecar)
     if normalization is not None:
         metadata["mopt.normalization"] = normalization
     return ModelSpec(
         path=plan,
         kind="tensorrt",
-        input_name=INPUT_NAME,
-        output_name=OUTPUT_NAME,
-        data_type="TYPE_FP32",  # mopt builds keep the I/O in FP32 (AutoCast keep_io_types) at every precision
-        profiles=profiles,
+        input_name=io.input_name,
+        output_name=io.output_name,
+        input_type=triton_type(io.input_dtype, f"{where} input {io.input_name!r}"),
+        output_type=triton_type(io.output_dtype, f"{where} output {io.output_name!r}"),
+        profiles=list(io.profiles),
         onnx_dims=None,
         metadata=metadata,
+        tensorrt_version=sidecar.get("tensorrt_version"),
     )
+
+
+def _value_info_dims(value: Any) -> list[int | str]:
+    """ONNX ValueInfo dims: ints where fixed, the dim's name (or ``"?"``) where dynamic."""
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value.type.tensor_type.shape.dim]
 
 
 def _onnx_spec(onnx_path: Path) -> ModelSpec:
     import onnx
 
-    input_name, dims = onnx_input_dims(onnx_path)
     model = onnx.load(str(onnx_path), load_external_data=False)
+    weights = {init.name for init in model.graph.initializer}
+    images = [i for i in model.graph.input if i.name not in weights]
+    if len(images) != 1:
+        raise MoptError(f"{onnx_path} has {len(images)} inputs; a matting model has one (the image)")
     if len(model.graph.output) != 1:
         raise MoptError(f"{onnx_path} has {len(model.graph.output)} outputs; a matting model has one (alpha)")
-    output = model.graph.output[0]
-    weights = {init.name for init in model.graph.initializer}
-    image = next(i for i in model.graph.input if i.name not in weights)
-    elem_type = image.type.tensor_type.elem_type
-    if elem_type not in _ONNX_TO_TRITON:
-        raise MoptError(
-            f"{onnx_path} input {input_name!r} has ONNX element type {elem_type}; expected float32 or float16"
-        )
+    image, output = images[0], model.graph.output[0]
+    types = []
+    for value, role in ((image, "input"), (output, "output")):
+        elem_type = value.type.tensor_type.elem_type
+        if elem_type not in _ONNX_DTYPES:
+            raise MoptError(
+                f"{onnx_path} {role} {value.name!r} has ONNX element type {elem_type}; expected float32, float16 "
+                f"or bfloat16"
+            )
+        types.append(_TRITON_TYPES[_ONNX_DTYPES[elem_type]])
+    dims, out_dims = _value_info_dims(image), _value_info_dims(output)
     if len(dims) != 4 or (isinstance(dims[1], int) and dims[1] != 3):
-        raise MoptError(f"{onnx_path} input {input_name!r} has dims {dims}; expected N x 3 x H x W")
+        raise MoptError(f"{onnx_path} input {image.name!r} has dims {dims}; expected N x 3 x H x W")
+    if len(out_dims) != 4 or (isinstance(out_dims[1], int) and out_dims[1] != 1):
+        raise MoptError(f"{onnx_path} output {output.name!r} has dims {out_dims}; expected N x 1 x H x W")
     meta = read_metadata(onnx_path)
     metadata = {"mopt.source": onnx_path.name}
     metadata.update({k: v for k, v in meta.items() if k in ("mopt.precision", "mopt.arch", "mopt.normalization",
@@ -178,12 +231,14 @@ def _onnx_spec(onnx_path: Path) -> ModelSpec:
     return ModelSpec(
         path=onnx_path,
         kind="onnxruntime",
-        input_name=input_name,
+        input_name=image.name,
         output_name=output.name,
-        data_type=_ONNX_TO_TRITON[elem_type],
+        input_type=types[0],
+        output_type=types[1],
         profiles=[],
         onnx_dims=dims,
         metadata=metadata,
+        onnx_output_dims=out_dims,
     )
 
 
@@ -207,22 +262,33 @@ def model_spec_from_file(model_path: str | Path) -> ModelSpec:
     )
 
 
+def profile_batch_limit(profiles: list[ShapeProfile]) -> int:
+    """The largest B such that every batch size 1..B fits the batch range of some profile (0: batch 1 fits none).
+
+    Triton's dynamic batcher forms batches of any size up to ``max_batch_size``: each must have a profile.
+    """
+    limit = 0
+    while any(p.min[0] <= limit + 1 <= p.max[0] for p in profiles):
+        limit += 1
+    return limit
+
+
 def _batch_limits(spec: ModelSpec, max_batch: int | None) -> tuple[int, list[int]]:
     """``(max_batch_size, preferred batch sizes)``; ``max_batch_size`` 0 means the model cannot batch."""
     if spec.kind == "tensorrt":
-        profile_max = min(p.max[0] for p in spec.profiles)
-        profile_min = max(p.min[0] for p in spec.profiles)
-        if profile_min > 1:
+        profile_limit = profile_batch_limit(spec.profiles)
+        if profile_limit == 0:
+            smallest = min(p.min[0] for p in spec.profiles)
             raise MoptError(
-                f"engine {spec.path} needs a batch of at least {profile_min}, but Triton sends batches from 1 up; "
+                f"engine {spec.path} needs a batch of at least {smallest}, but Triton sends batches from 1 up; "
                 f"rebuild it with a min batch of 1 (e.g. --min 1x3x256x256)"
             )
-        if max_batch is not None and max_batch > profile_max:
+        if max_batch is not None and max_batch > profile_limit:
             raise MoptError(
-                f"--max-batch {max_batch} exceeds the engine's profile max batch {profile_max}; use at most "
-                f"{profile_max} or rebuild the engine with a larger --max batch"
+                f"--max-batch {max_batch} exceeds the largest batch the engine's profiles run from 1 up "
+                f"({profile_limit}); use at most {profile_limit} or rebuild the engine with a larger --max batch"
             )
-        limit = max_batch or profile_max
+        limit = max_batch or profile_limit
         candidates = {p.opt[0] for p in spec.profiles} | {p.max[0] for p in spec.profiles}
     else:
         batch_dim = spec.onnx_dims[0] if spec.onnx_dims else "?"
@@ -241,17 +307,17 @@ def _batch_limits(spec: ModelSpec, max_batch: int | None) -> tuple[int, list[int
     return limit, preferred
 
 
-def _spatial_dims(spec: ModelSpec) -> list[int]:
-    """``[H, W]`` for the config: a fixed value where every profile (or the ONNX) fixes it, else -1."""
-    dims = []
+def _spatial_dims(spec: ModelSpec, dims: list[int | str] | None) -> list[int]:
+    """``[H, W]`` for the config: a fixed value where every profile (or the ONNX tensor's dims) fixes it, else -1."""
+    result = []
     for axis in (2, 3):
         if spec.kind == "tensorrt":
             values = {p.min[axis] for p in spec.profiles} | {p.max[axis] for p in spec.profiles}
-            dims.append(values.pop() if len(values) == 1 else -1)
+            result.append(values.pop() if len(values) == 1 else -1)
         else:
-            value = spec.onnx_dims[axis] if spec.onnx_dims else "?"
-            dims.append(value if isinstance(value, int) else -1)
-    return dims
+            value = dims[axis] if dims else "?"
+            result.append(value if isinstance(value, int) else -1)
+    return result
 
 
 def triton_config_from_spec(
@@ -268,8 +334,8 @@ def triton_config_from_spec(
     Args:
         spec: from :func:`model_spec_from_file`.
         name: model name (the folder name in the repository).
-        max_batch: cap on Triton's batch; defaults to the engine's profile max batch, or
-            :data:`DEFAULT_ONNX_MAX_BATCH` for an ONNX with a dynamic batch.
+        max_batch: cap on Triton's batch; defaults to the largest batch the engine's profiles run from 1 up
+            (:func:`profile_batch_limit`), or :data:`DEFAULT_ONNX_MAX_BATCH` for an ONNX with a dynamic batch.
         max_queue_delay_us: how long the dynamic batcher may hold a request to fill a batch.
         instance_kind: GPU or CPU instances (engines run on GPUs only).
         instances: model instances per device.
@@ -289,7 +355,8 @@ def triton_config_from_spec(
         raise MoptError("a TensorRT engine runs on a GPU only; drop --instance-kind cpu or deploy the ONNX instead")
 
     max_batch_size, preferred = _batch_limits(spec, max_batch)
-    height, width = _spatial_dims(spec)
+    height, width = _spatial_dims(spec, spec.onnx_dims)
+    out_height, out_width = _spatial_dims(spec, spec.onnx_output_dims or spec.onnx_dims)
     batch_prefix = [] if max_batch_size > 0 else [spec.onnx_dims[0]]  # a fixed-batch model lists its batch dim
 
     config = model_config_pb2.ModelConfig()
@@ -305,13 +372,13 @@ def triton_config_from_spec(
     config.max_batch_size = max_batch_size
     config.input.add(
         name=spec.input_name,
-        data_type=model_config_pb2.DataType.Value(spec.data_type),
+        data_type=model_config_pb2.DataType.Value(spec.input_type),
         dims=[*batch_prefix, 3, height, width],
     )
     config.output.add(
         name=spec.output_name,
-        data_type=model_config_pb2.DataType.Value(spec.data_type),
-        dims=[*batch_prefix, 1, height, width],
+        data_type=model_config_pb2.DataType.Value(spec.output_type),
+        dims=[*batch_prefix, 1, out_height, out_width],
     )
     if max_batch_size > 0:
         config.dynamic_batching.preferred_batch_size.extend(preferred)
@@ -329,11 +396,30 @@ def triton_config_from_spec(
     return config
 
 
-def config_text(config) -> str:
-    """The ``config.pbtxt`` text of a ``ModelConfig``."""
+def config_comment(spec: ModelSpec, config) -> str:
+    """``#`` lines at the top of ``config.pbtxt`` that say where its limits come from (Triton ignores them)."""
+    paragraphs = [f"Written by mopt from {spec.path.name}."]
+    if spec.kind == "tensorrt":
+        ranges = ", ".join(f"profile {i}: batch {p.min[0]}-{p.max[0]}" for i, p in enumerate(spec.profiles))
+        paragraphs += [
+            f"max_batch_size {config.max_batch_size}: the largest B such that every batch 1..B fits one of the "
+            f"engine's profiles ({ranges}). Triton runs each batch in the closest listed profile, so every batch "
+            f"it accepts has a profile and no larger batch is accepted; a request whose H x W no profile covers at "
+            f"its batch is refused by the TensorRT backend.",
+            triton_match(spec.tensorrt_version).advice() + ".",
+        ]
+    elif config.max_batch_size:
+        paragraphs.append(f"max_batch_size {config.max_batch_size}: the ONNX batch is dynamic; --max-batch sets it.")
+    lines = [line for text in paragraphs for line in textwrap.wrap(text, 110)]
+    return "".join(f"# {line}\n" for line in lines)
+
+
+def config_text(config, spec: ModelSpec | None = None) -> str:
+    """The ``config.pbtxt`` text of a ``ModelConfig`` (with :func:`config_comment` first when ``spec`` is given)."""
     from google.protobuf import text_format
 
-    return text_format.MessageToString(config)
+    header = config_comment(spec, config) if spec is not None else ""
+    return header + text_format.MessageToString(config)
 
 
 def read_model_config(path: str | Path):
@@ -382,6 +468,7 @@ def triton_repository_from_model(
     instance_kind: InstanceKind | None = None,
     instances: int = 1,
     force: bool = False,
+    triton_version: str | None = None,
 ) -> Path:
     """Write ``output_repo/<name>/`` (config.pbtxt + ``<version>/model.plan|model.onnx``) for Triton.
 
@@ -399,16 +486,21 @@ def triton_repository_from_model(
         instance_kind: GPU (default) or CPU instances; CPU only for ONNX.
         instances: instances per device.
         force: replace an existing ``output_repo/<name>``.
+        triton_version: the Triton release (``YY.MM``) that will serve the engine: refused unless its TensorRT
+            is the engine's. ONNX models run in any Triton with the ONNX Runtime backend, so it is not checked.
 
     Returns:
         The model folder ``output_repo/<name>``.
 
     Raises:
-        MoptError: bad model file, missing sidecar, bad options, or an existing model without ``force``.
+        MoptError: bad model file, missing sidecar, bad options, an existing model without ``force``, or a
+            ``triton_version`` whose TensorRT cannot load the engine.
     """
     spec = model_spec_from_file(model_path)
     if version < 1:
         raise MoptError(f"--version must be a positive integer, got {version}")
+    if triton_version is not None and spec.kind == "tensorrt":
+        check_triton_release(triton_version, spec.tensorrt_version)
     config = triton_config_from_spec(
         spec,
         name=name,
@@ -442,7 +534,7 @@ def triton_repository_from_model(
             destination = staged / str(version) / relative
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, destination)
-        (staged / "config.pbtxt").write_text(config_text(config))
+        (staged / "config.pbtxt").write_text(config_text(config, spec))
         repo.mkdir(parents=True, exist_ok=True)
         _replace_dir(staged, target)
     finally:

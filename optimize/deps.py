@@ -1,6 +1,6 @@
 """Lazy imports of the heavy optional dependencies.
 
-TensorRT, ModelOpt, PyTriton and CUDA Python are optional extras: importing mopt must never need them, and
+TensorRT, ModelOpt and PyTriton are optional extras: importing mopt must never need them, and
 a missing one must become a :class:`MoptError` that names the extra to install, never an ImportError
 traceback or an import-time exit.
 """
@@ -23,7 +23,6 @@ OPTIONAL_MODULES: dict[str, tuple[str, str]] = {
     "modelopt.onnx.quantization": ("precision", "INT8 quantization (NVIDIA ModelOpt)"),
     "pytriton": ("serve", "serving with Triton Inference Server (nvidia-pytriton)"),
     "tritonclient": ("serve", "Triton client and model-config protobufs"),
-    "cuda": ("tensorrt", "CUDA memory management for the TensorRT runner (cuda-python)"),
     "onnxsim": ("", "graph simplification"),
     "segmentation_models_pytorch": ("smp", "building segmentation_models_pytorch (SMP) architectures"),
     "polygraphy": ("", "model comparison"),

@@ -7,8 +7,11 @@ What is decided here, in plain Python (tested on CPU machines):
   strongly typed route by default; for FP16 it can instead build the FP32 graph with ``BuilderFlag.FP16``
   (``route="builder-flag"``), which 11.x no longer has. INT8 is always explicit Q/DQ: mopt has no calibrator.
 * the *sidecar* JSON beside each engine (TensorRT version, GPU, compute capability, driver, ONNX sha256,
-  precision, profiles, builder options, build time, mopt version). Its ``cache_key`` hashes the request with the
-  TensorRT version and compute capability: the same request on the same kind of machine reuses the engine.
+  precision, profiles, the engine's own I/O tensor names, dtypes and per-profile shapes, its activation memory,
+  the Triton releases that can load it, builder options, build time, mopt version). Its ``cache_key`` hashes the
+  request with the TensorRT version and compute capability: the same request on the same kind of machine reuses
+  the engine. Every consumer (deploy, serve, matte, the TensorRT backend) reads the I/O from
+  :func:`engine_io_from_sidecar`, which gives older sidecars mopt's own names (``input`` / ``alpha``).
 * the *machine check* (:func:`sidecar_mismatch`): engines only run on the GPU architecture and TensorRT version
   they were built with, so loading one elsewhere fails with a message that says so and how to rebuild.
 
@@ -41,7 +44,9 @@ from optimize.profiles import DEFAULT_PROFILE, ShapeProfile, onnx_input_dims, va
 PRECISIONS = ("fp32", "fp16", "int8")
 ROUTES = ("graph", "builder-flag")
 ENGINE_SUFFIXES = (".plan", ".engine")
-SIDECAR_SCHEMA = 1
+SIDECAR_SCHEMA = 2  # 2: adds "io", "device_memory_bytes", "weights_bytes", "triton"
+# What a sidecar without "io" (schema 1) means: mopt's export names and FP32 I/O (AutoCast keeps I/O types).
+LEGACY_INPUT_NAME, LEGACY_OUTPUT_NAME, LEGACY_DTYPE = "input", "alpha", "float32"
 DEFAULT_OPT_LEVEL = 3  # TensorRT's own default; written out so that it is part of the cache key
 MIN_TENSORRT_MAJOR = 10  # the name-based tensor API and strongly typed networks
 
@@ -138,7 +143,12 @@ def _tensorrt_version() -> tuple[str | None, str | None]:
         trt = importlib.import_module("tensorrt")
     except (ImportError, OSError) as exc:  # OSError: the wheel is there but libnvinfer is not
         return None, str(exc)
-    return str(getattr(trt, "__version__", "unknown")), None
+    version = getattr(trt, "__version__", None)
+    if version is None or not hasattr(trt, "Builder"):
+        # tensorrt-stubs alone leaves a `tensorrt` folder of .pyi files, which imports as an empty namespace
+        # package: that is not TensorRT.
+        return None, "only the tensorrt-stubs type stubs are installed, not TensorRT itself"
+    return str(version), None
 
 
 def gpu_environment() -> MachineInfo:
@@ -345,10 +355,20 @@ def sidecar_from_build(
     built_onnx_sha256: str,
     build_seconds: float,
     timing_cache_loaded: bool,
+    description: dict[str, Any] | None = None,
+    weights_bytes: int | None = None,
 ) -> dict[str, Any]:
-    """The sidecar JSON (schema 1) written beside an engine."""
-    from optimize.export import read_metadata
+    """The sidecar JSON (schema 2) written beside an engine.
 
+    Args:
+        description: what the built engine itself reports (:func:`optimize.tensorrt_api.describe_serialized_engine`):
+            its I/O tensors and activation memory.
+        weights_bytes: size of the weights of the graph TensorRT parsed.
+    """
+    from optimize.onnx_model import card_of_onnx, read_metadata
+    from optimize.triton_releases import CONTAINER, releases_for_tensorrt
+
+    description = description or {}
     return {
         "schema": SIDECAR_SCHEMA,
         "cache_key": key,
@@ -362,12 +382,19 @@ def sidecar_from_build(
         "onnx": str(request.onnx),
         "onnx_sha256": request.onnx_sha256,
         "onnx_precision": request.source_precision,
-        # Serving and matting need the input normalization even after the ONNX file is gone.
+        # Serving and matting need the input contract even after the ONNX file is gone.
         "normalization": json.loads(read_metadata(request.onnx).get("mopt.normalization", "null")),
+        "card": card_of_onnx(request.onnx).to_dict(),
         "built_onnx_sha256": built_onnx_sha256,
         "precision": request.precision,
         "route": route.name,
         "profiles": [p.to_dict() for p in request.profiles],
+        # The engine's own I/O: names and dtypes as built, the input's shapes per optimization profile.
+        "io": description.get("io"),
+        "device_memory_bytes": description.get("device_memory_bytes"),
+        "weights_bytes": weights_bytes,
+        # Only a Triton with this very TensorRT loads the engine (empty: none known, see optimize.triton_releases).
+        "triton": {"container": CONTAINER, "releases": releases_for_tensorrt(machine.tensorrt)},
         "builder": {
             "network_flags": list(route.network_flags),
             "builder_flags": list(route.builder_flags),
@@ -409,6 +436,82 @@ def sidecar_mismatch(sidecar: dict[str, Any], machine: MachineInfo) -> str | Non
     return f"engine {built}; {' and '.join(problems)}: {rebuild}"
 
 
+@dataclass(frozen=True)
+class EngineIO:
+    """An engine's input and output tensors, as its sidecar records them.
+
+    Attributes:
+        input_name / output_name: tensor names in the engine.
+        input_dtype / output_dtype: ``"float32"``, ``"float16"``, ...
+        profiles: the input's shapes per optimization profile.
+        output_shape: the output's dims with ``-1`` where dynamic, ``None`` when not recorded.
+        recorded: ``False`` for an older sidecar without ``io``: the names and dtypes are mopt's defaults
+            (``input`` / ``alpha``, FP32), which is what mopt's exports always had.
+    """
+
+    input_name: str
+    output_name: str
+    input_dtype: str
+    output_dtype: str
+    profiles: tuple[ShapeProfile, ...]
+    output_shape: tuple[int, ...] | None = None
+    recorded: bool = True
+
+
+def engine_io_from_sidecar(sidecar: dict[str, Any], where: str = "engine sidecar") -> EngineIO:
+    """The I/O of the engine a sidecar describes; older sidecars without ``io`` get mopt's default names.
+
+    Raises:
+        MoptError: ``io`` is there but not one input and one output with names, or no profiles are recorded.
+    """
+    fix = "rebuild the engine with `mopt build-engine --force`"
+    io = sidecar.get("io")
+    if io is None:
+        profiles = sidecar.get("profiles")
+        if not isinstance(profiles, list) or not profiles:
+            raise MoptError(f"{where} records no 'profiles'; {fix}")
+        return EngineIO(
+            LEGACY_INPUT_NAME,
+            LEGACY_OUTPUT_NAME,
+            LEGACY_DTYPE,
+            LEGACY_DTYPE,
+            tuple(ShapeProfile.from_dict(p) for p in profiles),
+            recorded=False,
+        )
+    try:
+        (inp,), (out,) = io["inputs"], io["outputs"]
+        profiles = tuple(ShapeProfile.from_dict(p) for p in inp["profiles"])
+        shape = out.get("shape")
+        result = EngineIO(
+            str(inp["name"]),
+            str(out["name"]),
+            str(inp["dtype"]),
+            str(out["dtype"]),
+            profiles,
+            tuple(int(d) for d in shape) if shape is not None else None,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MoptError(f"{where} has an 'io' entry that is not one input and one output with names; {fix}") from exc
+    if not profiles:
+        raise MoptError(f"{where} records no profiles for input {result.input_name!r}; {fix}")
+    return result
+
+
+def onnx_weight_bytes(onnx_path: Path) -> int:
+    """Bytes of the weights (initializers) of an ONNX graph, in the types the graph stores them in."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    total = 0
+    for tensor in model.graph.initializer:
+        count = 1
+        for dim in tensor.dims:
+            count *= int(dim)
+        total += count * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    return total
+
+
 # --- building -----------------------------------------------------------------------------------------------
 
 
@@ -423,6 +526,7 @@ class EngineBuildResult:
         reused: ``True`` when an identical earlier build was reused (nothing was built).
         route: how the precision reached TensorRT.
         warnings: notes from the build (e.g. a timing cache that did not match).
+        messages: TensorRT's warnings and errors logged during this build.
     """
 
     path: Path
@@ -431,6 +535,7 @@ class EngineBuildResult:
     reused: bool
     route: Route
     warnings: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
 
 
 def default_engine_path(onnx: Path, precision: str) -> Path:
@@ -547,7 +652,7 @@ def _converted_onnx(
     calib_synthetic: int | None,
 ) -> Path:
     """The FP16 or INT8 graph of an FP32 ONNX, written in ``workdir`` (the user's files are left alone)."""
-    from optimize.export import read_metadata
+    from optimize.onnx_model import read_metadata
 
     target = workdir / f"{onnx.stem}.{precision}.onnx"
     if precision == "fp16":
@@ -616,7 +721,7 @@ def engine_from_onnx(
     Raises:
         MoptError: bad input, no GPU or TensorRT here, or a failed conversion or build. Nothing is written then.
     """
-    from optimize.export import read_metadata
+    from optimize.onnx_model import read_metadata
 
     onnx = Path(onnx)
     if not onnx.is_file():
@@ -706,6 +811,10 @@ def _build(
         )
         built = tensorrt_api.serialized_engine_from_onnx(trt, spec)
         built_onnx_sha256 = file_sha256(graph)
+        weights_bytes = onnx_weight_bytes(graph)
+    # What the engine itself says about its I/O (names and dtypes as built, shapes per profile): deploy, serve,
+    # matte and the TensorRT backend read them from the sidecar instead of assuming mopt's export names.
+    description = tensorrt_api.describe_serialized_engine(trt, built.engine)
     with atomic_output(output) as tmp:
         tmp.write_bytes(built.engine)
     sidecar = sidecar_from_build(
@@ -718,11 +827,16 @@ def _build(
         built_onnx_sha256,
         built.seconds,
         built.timing_cache_loaded,
+        description,
+        weights_bytes,
     )
     # Engine first, then the sidecar: a crash in between leaves a sidecar whose engine hash no longer matches,
     # which the next request treats as "build again".
     write_json(sidecar_path(output), sidecar)
-    return EngineBuildResult(output, sidecar_path(output), sidecar, reused=False, route=route, warnings=built.warnings)
+    return EngineBuildResult(
+        output, sidecar_path(output), sidecar, reused=False, route=route, warnings=built.warnings,
+        messages=built.messages,
+    )
 
 
 # --- loading ------------------------------------------------------------------------------------------------

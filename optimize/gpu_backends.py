@@ -5,9 +5,14 @@ import time, so registering the backends costs nothing on a CPU machine, where e
 
 Timing: every backend here overrides ``time_inference`` to keep input and output on the device and time each
 call with CUDA events after warm-up, so the numbers are GPU time per call without host copies. Peak memory is
-device memory: PyTorch's allocator peak for the PyTorch backends; for TensorRT the memory the engine took when
-loaded (weights and activation memory) plus the peak of its I/O buffers; for ONNX Runtime the device memory its
-session holds after the run (its arena is not visible to PyTorch).
+device memory: PyTorch's allocator peak for the PyTorch backends; for TensorRT the engine's own numbers (its
+activation memory, ``ICudaEngine.device_memory_size_v2``, plus its weights) plus the peak of its I/O buffers, so
+other processes on the GPU do not count; for ONNX Runtime the device memory its session holds after the run (its
+arena is not visible to PyTorch, so this one is a drop of free device memory).
+
+CUDA graphs (``torch-cuda-fp16``, ``tensorrt``) are captured in thread-local mode, as trtexec does: another thread's
+CUDA calls during the capture neither break it nor get refused. A capture that fails falls back to plain launches;
+``graph_used`` says per input shape whether graph replay ran and ``graph_notes`` why not.
 """
 
 from __future__ import annotations
@@ -48,6 +53,29 @@ def device_label(device: Any) -> str:
     import torch
 
     return f"cuda:{device.index} {torch.cuda.get_device_name(device)}"
+
+
+def capture_cuda_graph(step: Callable[[], Any], stream: Any, device: Any) -> tuple[Any, Any, str | None]:
+    """Capture ``step()`` into a CUDA graph on ``stream`` (``None``: torch's capture stream) in thread-local mode.
+
+    Returns:
+        ``(graph, step's output, None)``, or ``(None, None, reason)`` when the capture failed; the caller then
+        launches ``step`` directly. Torch's current stream is the one it was before, either way.
+    """
+    import torch
+
+    previous = torch.cuda.current_stream(device)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+            output = step()
+    except (RuntimeError, MoptError) as exc:  # e.g. a launch that is not capturable, or an error inside the step
+        # torch.cuda.graph leaves its capture stream current when capture_end raises: put the caller's back, or
+        # every later launch of the process would go to the engine's stream.
+        torch.cuda.set_stream(previous)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return None, None, f"CUDA graph capture failed ({first}); timing plain launches"
+    return graph, output, None
 
 
 def time_on_stream(step: Callable[[], Any], stream: Any, warmup: int, iterations: int) -> list[float]:
@@ -124,7 +152,9 @@ class TorchCudaBackend(InferenceBackend):
         self.name = name or f"torch-cuda-{self.precision}"
         self.device = device_label(self.torch_device)
         self.cuda_graphs = cuda_graphs
-        self._graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}  # shape -> (graph, static in, static out)
+        self._graphs: dict[tuple[int, ...], tuple[Any, Any, Any] | None] = {}  # shape -> (graph, in, out) or None
+        self.graph_used: dict[tuple[int, ...], bool] = {}  # shape -> whether graph replay runs for it
+        self.graph_notes: dict[tuple[int, ...], str] = {}  # shape -> why it does not
 
     def _math_mode(self) -> Any:
         """FP32 means FP32: cuDNN otherwise runs FP32 convolutions in TF32 (10-bit mantissa) on Ampere and later."""
@@ -140,8 +170,8 @@ class TorchCudaBackend(InferenceBackend):
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.torch_device)
         return x.to(dtype=self.dtype, memory_format=self.memory_format)  # N x 3 x H x W
 
-    def _graph_for(self, x: Any) -> tuple[Any, Any, Any]:
-        """The captured graph for ``x``'s shape, captured on first use."""
+    def _graph_for(self, x: Any) -> tuple[Any, Any, Any] | None:
+        """The captured graph for ``x``'s shape (captured on first use), ``None`` when it cannot be captured."""
         import torch
 
         shape = tuple(x.shape)
@@ -154,19 +184,24 @@ class TorchCudaBackend(InferenceBackend):
                 for _ in range(3):
                     self.model(static_in)
             torch.cuda.current_stream(self.torch_device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.no_grad(), torch.cuda.graph(graph):
-                static_out = self.model(static_in)  # N x 1 x H x W, lives in the graph's memory pool
-            self._graphs[shape] = (graph, static_in, static_out)
+            with torch.no_grad():
+                graph, static_out, reason = capture_cuda_graph(lambda: self.model(static_in), None, self.torch_device)
+            # static_out (N x 1 x H x W) lives in the graph's memory pool
+            self._graphs[shape] = (graph, static_in, static_out) if graph is not None else None
+            self.graph_used[shape] = graph is not None
+            if reason:
+                self.graph_notes[shape] = reason
+                log.info("%s: %s", self.name, reason)
         return self._graphs[shape]
 
     def _forward(self, x: Any) -> Any:
         import torch
 
         with torch.no_grad(), self._math_mode():
-            if not self.cuda_graphs:
+            captured = self._graph_for(x) if self.cuda_graphs else None
+            if captured is None:
                 return self.model(x)
-            graph, static_in, static_out = self._graph_for(x)
+            graph, static_in, static_out = captured
             static_in.copy_(x)
             graph.replay()
             return static_out
@@ -297,7 +332,7 @@ class TensorRTBackend(InferenceBackend):
         engine_path: the ``.plan`` file (its ``.json`` sidecar beside it).
         name: label in reports; defaults to ``tensorrt-<precision>``.
         cuda_graphs: time a captured CUDA graph of the engine's launch (falls back to plain launches when the
-            engine cannot be captured).
+            engine cannot be captured; :attr:`graph_used` and :attr:`graph_notes` say so per shape).
     """
 
     backend = "tensorrt"
@@ -305,21 +340,36 @@ class TensorRTBackend(InferenceBackend):
     def __init__(self, engine_path: str | Path, name: str | None = None, cuda_graphs: bool = True) -> None:
         import torch
 
-        from optimize.engine import load_engine_checked
+        from optimize.engine import engine_io_from_sidecar, load_engine_checked, sidecar_path
         from optimize.tensorrt_api import ExecutionSession
 
         self.torch_device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.init()
-        free_before = torch.cuda.mem_get_info(self.torch_device)[0]
         self.loaded = load_engine_checked(engine_path)
         self.session = ExecutionSession(self.loaded.trt, self.loaded.engine, self.torch_device)
-        # Weights and context memory are allocated by TensorRT, outside PyTorch's allocator: measure the device.
-        self.engine_mb = max(0, free_before - torch.cuda.mem_get_info(self.torch_device)[0]) / MIB
+        # The names the sidecar records are what deploy, serve and matte use: they must be the engine's own.
+        sidecar = self.loaded.sidecar or {}
+        self.io = engine_io_from_sidecar(sidecar, str(sidecar_path(engine_path))) if sidecar else None
+        names = (self.session.input_name, self.session.output_name)
+        if self.io is not None and self.io.recorded and (self.io.input_name, self.io.output_name) != names:
+            raise MoptError(
+                f"engine {engine_path} has tensors {self.session.input_name!r} -> {self.session.output_name!r} but "
+                f"its sidecar records {self.io.input_name!r} -> {self.io.output_name!r}: rebuild with "
+                f"`mopt build-engine --force`"
+            )
+        # TensorRT allocates outside PyTorch; its own numbers, unlike a drop of free device memory, do not count
+        # what other processes on the GPU allocate meanwhile.
+        self.activation_mb = self.session.device_memory_bytes / MIB
+        weights = sidecar.get("weights_bytes")
+        # Without the recorded weight size, the plan's size bounds it (weights plus kernels).
+        self.weights_mb = (weights if weights is not None else Path(engine_path).stat().st_size) / MIB
+        self.engine_mb = self.activation_mb + self.weights_mb
         self.precision = self.loaded.precision
         self.name = name or f"tensorrt-{self.precision}"
         self.device = device_label(self.torch_device)
         self.cuda_graphs = cuda_graphs
         self.graph_used: dict[tuple[int, ...], bool] = {}  # shape -> whether its timing replayed a CUDA graph
+        self.graph_notes: dict[tuple[int, ...], str] = {}  # shape -> why it did not
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         import torch
@@ -327,16 +377,14 @@ class TensorRTBackend(InferenceBackend):
         out = self.session.run(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
         return out.float().cpu().numpy()
 
-    def _captured_step(self) -> Callable[[], None] | None:
+    def _captured_step(self, shape: tuple[int, ...]) -> Callable[[], None] | None:
         """A CUDA graph of one engine launch with the tensors last bound, or ``None`` if it cannot be captured."""
         import torch
 
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph, stream=self.session.stream):
-                self.session.enqueue()
-        except (RuntimeError, MoptError) as exc:  # e.g. layers whose launch is not capturable
-            log.info("CUDA graph capture of %s failed (%s); timing plain launches", self.name, exc)
+        graph, _, reason = capture_cuda_graph(self.session.enqueue, self.session.stream, self.torch_device)
+        if graph is None:
+            self.graph_notes[shape] = reason or "CUDA graph capture failed"
+            log.info("%s: %s", self.name, self.graph_notes[shape])
             self.session.stream.synchronize()
             return None
 
@@ -357,8 +405,9 @@ class TensorRTBackend(InferenceBackend):
         # TensorRT must run once after a shape change before its launch can be captured into a graph.
         self.session.enqueue()
         self.session.stream.synchronize()
-        step = self._captured_step() if self.cuda_graphs else None
-        self.graph_used[tuple(x.shape)] = step is not None
+        shape = tuple(x.shape)
+        step = self._captured_step(shape) if self.cuda_graphs else None
+        self.graph_used[shape] = step is not None
         times = time_on_stream(step or self.session.enqueue, self.session.stream, warmup, iterations)
         del out
         return times

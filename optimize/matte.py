@@ -178,12 +178,12 @@ def _engine_details(sources: ModelSources) -> tuple[ModelCard | None, ShapeLimit
     elif onnx and Path(onnx).is_file():
         card = card_of_onnx(onnx)
     limits = None
-    profiles = sidecar.get("profiles") or []
-    if profiles:
-        from optimize.profiles import ShapeProfile
+    if sidecar.get("profiles") or sidecar.get("io"):
+        from optimize.engine import engine_io_from_sidecar
 
-        # The backend runs profile 0; the same side bounds apply to height and width, so take the tighter.
-        profile = ShapeProfile.from_dict(profiles[0])
+        # One box of shapes that all run: profile 0's (the backend switches profiles per shape, but matte sends
+        # any batch up to max_batch at any side in range); the same side bounds apply to height and width.
+        profile = engine_io_from_sidecar(sidecar).profiles[0]
         limits = ShapeLimits(
             min_side=max(profile.min[2], profile.min[3]),
             max_side=min(profile.max[2], profile.max[3]),

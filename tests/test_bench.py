@@ -41,6 +41,16 @@ def test_measure_runs_warmup_plus_iterations_and_reports_memory():
     assert result.peak_mem_mb is not None and result.peak_mem_mb > 10
 
 
+def test_measure_records_whether_a_cuda_graph_was_replayed_and_why_not():
+    backend = CountingBackend()
+    result = measure_backend(backend, batch=1, height=8, width=8, warmup=0, iterations=1)
+    assert result.cuda_graph is None and result.note is None  # a backend without graphs says nothing
+    backend.graph_used = {(1, 3, 8, 8): False}
+    backend.graph_notes = {(1, 3, 8, 8): "CUDA graph capture failed (not capturable); timing plain launches"}
+    result = measure_backend(backend, batch=1, height=8, width=8, warmup=0, iterations=1)
+    assert result.cuda_graph is False and "timing plain launches" in result.note
+
+
 def test_rss_sampler_keeps_the_peak_of_the_window(monkeypatch):
     import time
 

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
+from trt_standin import make_tensorrt, write_model
 from typer.testing import CliRunner
 
 from optimize.cli import deploy as deploy_cli
 from optimize.deploy import (
     DEFAULT_ONNX_MAX_BATCH,
     InstanceKind,
+    profile_batch_limit,
     read_model_config,
     triton_repository_from_model,
 )
 from optimize.errors import MoptError
 from optimize.fileio import file_sha256
 from optimize.onnx_model import onnx_normalization
+from optimize.profiles import ShapeProfile
+from optimize.triton_releases import releases_for_tensorrt, triton_match
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient not installed")
 
@@ -86,20 +91,114 @@ def test_engine_normalization_comes_from_its_onnx(tiny_onnx: Path, tmp_path: Pat
     assert recorded == onnx_normalization(tiny_onnx).to_dict()
 
 
-def test_several_profiles_fit_the_smallest_and_list_all(tmp_path: Path) -> None:
+def test_several_profiles_reach_the_largest_batch_and_list_all(tmp_path: Path) -> None:
     sidecar = dict(SIDECAR, profiles=[
         {"min": [1, 3, 512, 512], "opt": [2, 3, 512, 512], "max": [4, 3, 512, 512]},
         {"min": [1, 3, 512, 512], "opt": [8, 3, 512, 512], "max": [16, 3, 512, 512]},
     ])
     folder = triton_repository_from_model(make_engine(tmp_path, sidecar), tmp_path / "repo")
     config = read_model_config(folder / "config.pbtxt")
-    # Triton sizes buffers for max_batch_size on every profile an instance uses: the smallest max wins.
-    assert config.max_batch_size == 4
-    assert list(config.dynamic_batching.preferred_batch_size) == [2, 4]
+    # Triton runs each batch in the closest listed profile: every batch 1..16 has one, so 16 is accepted.
+    assert config.max_batch_size == 16
+    assert list(config.dynamic_batching.preferred_batch_size) == [2, 4, 8, 16]
     # Every profile fixes H and W to 512: the config says so instead of -1.
     assert list(config.input[0].dims) == [3, 512, 512]
     assert list(config.output[0].dims) == [1, 512, 512]
     assert list(config.instance_group[0].profile) == ["0", "1"]
+    text = (folder / "config.pbtxt").read_text()
+    assert text.startswith("# Written by mopt") and "max_batch_size 16: the largest B such that every batch" in text
+
+
+def test_a_gap_in_the_profiles_batch_ranges_stops_the_batch_below_it(tmp_path: Path) -> None:
+    sidecar = dict(SIDECAR, profiles=[
+        {"min": [1, 3, 64, 64], "opt": [2, 3, 64, 64], "max": [4, 3, 64, 64]},
+        {"min": [8, 3, 64, 64], "opt": [16, 3, 64, 64], "max": [32, 3, 64, 64]},
+    ])
+    config = read_model_config(triton_repository_from_model(make_engine(tmp_path, sidecar), tmp_path / "r") /
+                               "config.pbtxt")
+    # Batches 5..7 fit no profile, and the dynamic batcher would form them: stop at 4.
+    assert config.max_batch_size == 4 and list(config.dynamic_batching.preferred_batch_size) == [2, 4]
+    assert profile_batch_limit([ShapeProfile.from_dict(p) for p in sidecar["profiles"]]) == 4
+    assert profile_batch_limit([ShapeProfile((2, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8))]) == 0
+
+
+def test_engine_io_names_and_types_come_from_the_sidecar(tmp_path: Path) -> None:
+    profile = {"min": [1, 3, 64, 64], "opt": [2, 3, 64, 64], "max": [4, 3, 128, 128]}
+    io = {
+        "inputs": [{"name": "input.1", "dtype": "float16", "shape": [-1, 3, -1, -1], "profiles": [profile]}],
+        "outputs": [{"name": "mask", "dtype": "float32", "shape": [-1, 1, -1, -1]}],
+    }
+    folder = triton_repository_from_model(make_engine(tmp_path, dict(SIDECAR, profiles=[profile], io=io)),
+                                          tmp_path / "repo")
+    config = read_model_config(folder / "config.pbtxt")
+    assert (config.input[0].name, config.input[0].data_type) == ("input.1", model_config_pb2.TYPE_FP16)
+    assert (config.output[0].name, config.output[0].data_type) == ("mask", model_config_pb2.TYPE_FP32)
+    assert config.max_batch_size == 4
+
+    broken = make_engine(tmp_path / "b", dict(SIDECAR, io={"inputs": [], "outputs": []}))
+    with pytest.raises(MoptError, match="'io' entry that is not one input and one output"):
+        triton_repository_from_model(broken, tmp_path / "repo2")
+    odd = dict(io, outputs=[{"name": "mask", "dtype": "complex64", "shape": [-1, 1, -1, -1]}])
+    with pytest.raises(MoptError, match="output 'mask' has data type 'complex64'"):
+        triton_repository_from_model(make_engine(tmp_path / "c", dict(SIDECAR, profiles=[profile], io=odd)),
+                                     tmp_path / "repo3")
+
+
+def test_an_onnx_with_its_own_names_deploys_with_them(tmp_path: Path) -> None:
+    model = write_model(tmp_path / "named.onnx", input_name="input.1", output_name="mask")
+    folder = triton_repository_from_model(model, tmp_path / "repo", name="named")
+    config = read_model_config(folder / "config.pbtxt")  # Triton's own protobuf parses it
+    assert (config.input[0].name, list(config.input[0].dims)) == ("input.1", [3, -1, -1])
+    assert (config.output[0].name, list(config.output[0].dims)) == ("mask", [1, -1, -1])
+    assert config.input[0].data_type == config.output[0].data_type == model_config_pb2.TYPE_FP32
+    half = write_model(tmp_path / "half.onnx", input_name="x", output_name="y", dims=["n", 3, 256, 320], elem_type=10)
+    config = read_model_config(triton_repository_from_model(half, tmp_path / "repo", name="half") / "config.pbtxt")
+    assert config.input[0].data_type == model_config_pb2.TYPE_FP16
+    assert list(config.input[0].dims) == [3, 256, 320] and list(config.output[0].dims) == [1, 256, 320]
+
+
+def test_an_engine_built_from_a_model_with_other_names_deploys_with_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from optimize import engine as engine_mod
+    from optimize.engine import MachineInfo, engine_from_onnx
+
+    monkeypatch.setitem(sys.modules, "tensorrt", make_tensorrt("10.13.3.9"))
+    machine = MachineInfo(gpu=True, gpu_name="NVIDIA H100", compute_capability="9.0", tensorrt="10.13.3.9")
+    monkeypatch.setattr(engine_mod, "gpu_environment", lambda: machine)
+    model = write_model(tmp_path / "named.onnx", input_name="input.1", output_name="mask")
+    profiles = [ShapeProfile((1, 3, 64, 64), (2, 3, 64, 64), (4, 3, 128, 128)),
+                ShapeProfile((1, 3, 64, 64), (8, 3, 64, 64), (8, 3, 64, 64))]
+    built = engine_from_onnx(model, precision="fp32", profiles=profiles)
+    assert built.sidecar["io"]["inputs"][0]["name"] == "input.1"
+    assert built.sidecar["triton"]["releases"] == ["26.02", "26.01", "25.12", "25.11"]
+    config = read_model_config(triton_repository_from_model(built.path, tmp_path / "repo") / "config.pbtxt")
+    assert (config.input[0].name, config.output[0].name) == ("input.1", "mask")
+    assert config.max_batch_size == 8
+    assert config.parameters["mopt.triton_releases"].string_value == "26.02,26.01,25.12,25.11"
+    triton_repository_from_model(built.path, tmp_path / "ok", triton_version="25.12")
+    with pytest.raises(MoptError, match="Triton 25.10 ships TensorRT 10.11.0.33, which cannot load an engine built "
+                                        "with TensorRT 10.13.3.9: serve it with Triton 26.02, 26.01, 25.12, 25.11"):
+        triton_repository_from_model(built.path, tmp_path / "bad", triton_version="25.10")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_triton_version_checks(tmp_path: Path) -> None:
+    plan = make_engine(tmp_path, dict(SIDECAR, tensorrt_version="10.11.0.33"))
+    triton_repository_from_model(plan, tmp_path / "a", triton_version="25.09")
+    with pytest.raises(MoptError, match="not a Triton release like 25.11"):
+        triton_repository_from_model(plan, tmp_path / "b", triton_version="2.61.0")
+    with pytest.raises(MoptError, match="Triton 27.01 is not in mopt's table .*its TensorRT is unknown"):
+        triton_repository_from_model(plan, tmp_path / "c", triton_version="27.01")
+    unknown = make_engine(tmp_path / "u", {k: v for k, v in SIDECAR.items() if k != "tensorrt_version"})
+    with pytest.raises(MoptError, match="does not record its TensorRT version"):
+        triton_repository_from_model(unknown, tmp_path / "d", triton_version="25.09")
+    # An ONNX runs in any Triton's ONNX Runtime backend: nothing to check.
+    assert triton_match("11.4.0").releases == () and "no Triton release in mopt's table" in triton_match(
+        "11.4.0"
+    ).advice()
+    assert "does not record its TensorRT version" in triton_match(None).advice()
+    assert releases_for_tensorrt("10.13.0.35") == [] and releases_for_tensorrt("garbage") == []
 
 
 def test_max_batch_option_is_bounded_by_the_profile(tmp_path: Path) -> None:
@@ -107,7 +206,7 @@ def test_max_batch_option_is_bounded_by_the_profile(tmp_path: Path) -> None:
     config = read_model_config(triton_repository_from_model(plan, tmp_path / "a", max_batch=4) / "config.pbtxt")
     assert config.max_batch_size == 4
     assert list(config.dynamic_batching.preferred_batch_size) == [4]
-    with pytest.raises(MoptError, match="exceeds the engine's profile max batch 8"):
+    with pytest.raises(MoptError, match="exceeds the largest batch the engine's profiles run from 1 up \\(8\\)"):
         triton_repository_from_model(plan, tmp_path / "b", max_batch=9)
     assert not (tmp_path / "b").exists()
 
@@ -195,9 +294,20 @@ def test_cli_writes_repository_and_reports_errors(tmp_path: Path) -> None:
     result = runner.invoke(deploy_cli.app, ["triton", str(plan), "-o", str(tmp_path / "repo"), "--name", "matte"])
     assert result.exit_code == 0, result.output
     assert "max batch 8" in result.output
+    # The sidecar's TensorRT (11.0.0) is in no Triton release of the table: the command says what to do.
+    assert "no Triton release in mopt's table" in " ".join(result.output.split())
     config = read_model_config(tmp_path / "repo" / "matte" / "config.pbtxt")
     assert config.name == "matte"
 
     result = runner.invoke(deploy_cli.app, ["triton", str(plan), "-o", str(tmp_path / "repo"), "--name", "matte"])
     assert result.exit_code != 0
     assert isinstance(result.exception, MoptError) and "--force" in str(result.exception)
+
+    matched = make_engine(tmp_path / "m", dict(SIDECAR, tensorrt_version="10.9.0.34"))
+    result = runner.invoke(deploy_cli.app, ["triton", str(matched), "-o", str(tmp_path / "r2"), "--triton-version",
+                                            "25.04"])
+    assert result.exit_code == 0, result.output
+    assert "serve it with Triton 25.05, 25.04, 25.03" in " ".join(result.output.split())
+    result = runner.invoke(deploy_cli.app, ["triton", str(matched), "-o", str(tmp_path / "r3"), "--triton-version",
+                                            "25.06"])
+    assert result.exit_code == 1 and "ships TensorRT 10.10.0.31" in str(result.exception)

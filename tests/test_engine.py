@@ -3,7 +3,6 @@ module), sidecar cache keys and reuse, mismatch messages, and the skip path on a
 
 from __future__ import annotations
 
-import enum
 import json
 import shutil
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from trt_standin import ENGINE_MAGIC, make_tensorrt
 from typer.testing import CliRunner
 
 from optimize import engine as engine_mod
@@ -26,7 +26,9 @@ from optimize.engine import (
     default_build_onnx,
     default_engine_path,
     engine_from_onnx,
+    engine_io_from_sidecar,
     load_engine_checked,
+    onnx_weight_bytes,
     read_sidecar,
     sidecar_mismatch,
     tensorrt_unavailable_reason,
@@ -56,124 +58,11 @@ def write_onnx(path: Path, dims: list | None = None, precision: str = "fp32") ->
     return path
 
 
-# --- a stand-in for the tensorrt module -----------------------------------------------------------------------
+# --- a stand-in for the tensorrt module (tests/trt_standin.py: the real binding's conventions) ---------------
 
 
-def fake_tensorrt(version: str, calls: list, build_result: bytes | None = b"serialized-engine", parse_ok: bool = True):
-    """A ``tensorrt``-shaped namespace recording every call; 11.x lacks what 11.0 removed (BuilderFlag.FP16)."""
-    major = int(version.split(".")[0])
-
-    class ILogger:
-        INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
-
-        def __init__(self) -> None:
-            calls.append(("ILogger.__init__",))
-
-    builder_flags = {"TF32": 6, "DEBUG": 2} if major >= 11 else {"FP16": 0, "INT8": 1, "TF32": 6, "DEBUG": 2}
-    BuilderFlag = enum.IntEnum("BuilderFlag", builder_flags)
-    network_flags = {"STRONGLY_TYPED": 0} if major >= 11 else {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1}
-    NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", network_flags)
-
-    class TimingCache:
-        def __init__(self, data: bytes) -> None:
-            self.data = data
-
-        def serialize(self) -> bytes:
-            return self.data + b"+timings"
-
-    class Config:
-        def __init__(self) -> None:
-            self.cache = None
-
-        def set_flag(self, flag):
-            calls.append(("set_flag", flag.name))
-
-        def clear_flag(self, flag):
-            calls.append(("clear_flag", flag.name))
-
-        def set_memory_pool_limit(self, pool, size):
-            calls.append(("set_memory_pool_limit", pool, size))
-
-        def __setattr__(self, name, value):
-            if name == "builder_optimization_level":
-                calls.append(("builder_optimization_level", value))
-            object.__setattr__(self, name, value)
-
-        def add_optimization_profile(self, profile):
-            calls.append(("add_optimization_profile", profile.shapes))
-            return 0
-
-        def create_timing_cache(self, data):
-            calls.append(("create_timing_cache", bytes(data)))
-            return TimingCache(bytes(data))
-
-        def set_timing_cache(self, cache, ignore_mismatch):
-            calls.append(("set_timing_cache", ignore_mismatch))
-            self.cache = cache
-            return True
-
-        def get_timing_cache(self):
-            return self.cache
-
-    class Profile:
-        def set_shape(self, name, lo, opt, hi):
-            self.shapes = (name, tuple(lo), tuple(opt), tuple(hi))
-
-    class Network:
-        num_inputs = 1
-
-        def get_input(self, index):
-            return types.SimpleNamespace(name="input")
-
-    class Builder:
-        def __init__(self, logger) -> None:
-            self.logger = logger
-
-        def create_network(self, flags):
-            calls.append(("create_network", flags))
-            return Network()
-
-        def create_builder_config(self):
-            return Config()
-
-        def create_optimization_profile(self):
-            return Profile()
-
-        def build_serialized_network(self, network, config):
-            calls.append(("build_serialized_network",))
-            if build_result is None:
-                self.logger.log(ILogger.ERROR, "out of memory while building")
-            return build_result
-
-    class OnnxParser:
-        def __init__(self, network, logger) -> None:
-            self.num_errors = 0 if parse_ok else 1
-
-        def parse_from_file(self, path):
-            calls.append(("parse_from_file", path))
-            return parse_ok
-
-        def get_error(self, index):
-            return "In node 0 (Sigmoid): UNSUPPORTED_NODE"
-
-    class Runtime:
-        def __init__(self, logger) -> None:
-            pass
-
-        def deserialize_cuda_engine(self, data):
-            calls.append(("deserialize_cuda_engine", bytes(data)))
-            return types.SimpleNamespace(serialized=bytes(data))
-
-    return types.SimpleNamespace(
-        __version__=version,
-        ILogger=ILogger,
-        Builder=Builder,
-        OnnxParser=OnnxParser,
-        Runtime=Runtime,
-        BuilderFlag=BuilderFlag,
-        NetworkDefinitionCreationFlag=NetworkDefinitionCreationFlag,
-        MemoryPoolType=types.SimpleNamespace(WORKSPACE="WORKSPACE"),
-    )
+def fake_tensorrt(version: str, calls: list, **kwargs):
+    return make_tensorrt(version, calls, **kwargs)
 
 
 def names(calls: list) -> list[str]:
@@ -268,6 +157,10 @@ def test_build_route_accepts_version_tuples_and_parse_version() -> None:
 
 
 def spec_for(route, onnx_path: Path, cache: Path | None = None, **kwargs) -> tensorrt_api.BuildSpec:
+    if onnx_path.is_dir():
+        onnx_path = onnx_path / "m.onnx"
+    if not onnx_path.exists():
+        write_onnx(onnx_path)
     return tensorrt_api.BuildSpec(
         onnx_path=onnx_path,
         profiles=(SMALL,),
@@ -284,11 +177,11 @@ def test_trt11_route_never_touches_removed_flags(tmp_path: Path) -> None:
     trt = fake_tensorrt("11.4.0", calls)
     route = build_route(trt.__version__, "fp16")
     out = tensorrt_api.serialized_engine_from_onnx(trt, spec_for(route, tmp_path / "m.fp16.onnx", opt_level=3))
-    assert out.engine == b"serialized-engine"
+    assert out.engine.startswith(ENGINE_MAGIC)
     assert ("create_network", 0) in calls  # strongly typed by default: no flag passed
     assert not [c for c in calls if c[0] in ("set_flag", "clear_flag")]
     assert ("parse_from_file", str(tmp_path / "m.fp16.onnx")) in calls
-    assert ("add_optimization_profile", ("input", SMALL.min, SMALL.opt, SMALL.max)) in calls
+    assert ("add_optimization_profile", {"input": (SMALL.min, SMALL.opt, SMALL.max)}) in calls
     assert ("builder_optimization_level", 3) in calls
 
 
@@ -321,7 +214,7 @@ def test_fp32_clears_tf32_on_both_versions(tmp_path: Path) -> None:
 
 def test_a_flag_the_version_lacks_is_a_clear_error_not_an_attribute_error(tmp_path: Path) -> None:
     trt = fake_tensorrt("11.4.0", [])
-    spec = tensorrt_api.BuildSpec(onnx_path=tmp_path / "m.onnx", profiles=(SMALL,), builder_flags=("FP16",))
+    spec = tensorrt_api.BuildSpec(onnx_path=write_onnx(tmp_path / "m.onnx"), profiles=(SMALL,), builder_flags=("FP16",))
     with pytest.raises(MoptError, match="no BuilderFlag.FP16"):
         tensorrt_api.serialized_engine_from_onnx(trt, spec)
 
@@ -331,9 +224,7 @@ def test_parse_and_build_failures_are_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(MoptError, match="cannot parse .*UNSUPPORTED_NODE"):
         tensorrt_api.serialized_engine_from_onnx(fake_tensorrt("11.4.0", [], parse_ok=False), spec_for(route, tmp_path))
     with pytest.raises(MoptError, match="failed to build.*out of memory while building"):
-        tensorrt_api.serialized_engine_from_onnx(
-            fake_tensorrt("11.4.0", [], build_result=None), spec_for(route, tmp_path)
-        )
+        tensorrt_api.serialized_engine_from_onnx(fake_tensorrt("11.4.0", [], build_ok=False), spec_for(route, tmp_path))
 
 
 def test_timing_cache_is_saved_and_loaded_on_the_next_build(tmp_path: Path) -> None:
@@ -343,16 +234,17 @@ def test_timing_cache_is_saved_and_loaded_on_the_next_build(tmp_path: Path) -> N
     first = tensorrt_api.serialized_engine_from_onnx(
         fake_tensorrt("11.4.0", first_calls), spec_for(route, tmp_path, cache)
     )
-    assert ("create_timing_cache", b"") in first_calls and ("set_timing_cache", False) in first_calls
+    assert ("create_timing_cache", b"") in first_calls and ("set_timing_cache", False, "11.4.0") in first_calls
     assert first.timing_cache_saved and not first.timing_cache_loaded
-    assert cache.read_bytes() == b"+timings"
+    saved = cache.read_bytes()
+    assert saved.endswith(b"+timings")
     second_calls: list = []
     second = tensorrt_api.serialized_engine_from_onnx(
         fake_tensorrt("11.4.0", second_calls), spec_for(route, tmp_path, cache)
     )
-    assert ("create_timing_cache", b"+timings") in second_calls
-    assert second.timing_cache_loaded
-    assert cache.read_bytes() == b"+timings+timings"
+    assert ("create_timing_cache", saved) in second_calls
+    assert second.timing_cache_loaded and not second.warnings
+    assert cache.read_bytes().endswith(b"+timings+timings")
 
 
 # --- cache keys, sidecars, mismatches -------------------------------------------------------------------------
@@ -447,7 +339,7 @@ def test_build_writes_engine_and_sidecar_then_reuses_it(tmp_path: Path, gpu_mach
     model = write_onnx(tmp_path / "m.onnx")
     result = engine_from_onnx(model, profiles=[SMALL], precision="fp32")
     assert result.path == tmp_path / "m.fp32.plan" and not result.reused
-    assert result.path.read_bytes() == b"serialized-engine"
+    assert result.path.read_bytes().startswith(ENGINE_MAGIC)
     data = read_sidecar(result.path)
     assert data == result.sidecar
     for key in ("tensorrt_version", "gpu", "compute_capability", "driver", "onnx_sha256", "precision", "profiles"):
@@ -585,7 +477,7 @@ def test_load_checks_the_sidecar_before_deserializing(tmp_path: Path, gpu_machin
     calls = gpu_machine("11.4.0")
     result = engine_from_onnx(write_onnx(tmp_path / "m.onnx"), profiles=[SMALL])
     loaded = load_engine_checked(result.path)
-    assert loaded.engine.serialized == b"serialized-engine" and loaded.precision == "fp32"
+    assert loaded.engine.num_io_tensors == 2 and loaded.precision == "fp32"
 
     l4 = MachineInfo(**{**H100.to_dict(), "gpu_name": "NVIDIA L4", "compute_capability": "8.9"})
     with pytest.raises(MoptError, match="built for sm_90 with TensorRT 11.4.0; this GPU is sm_89"):
@@ -594,14 +486,21 @@ def test_load_checks_the_sidecar_before_deserializing(tmp_path: Path, gpu_machin
     result.path.write_bytes(b"replaced")
     with pytest.raises(MoptError, match="changed after its sidecar"):
         load_engine_checked(result.path)
-    assert names(calls).count("deserialize_cuda_engine") == 1
+    # One deserialization to describe the engine for its sidecar, one to load it.
+    assert names(calls).count("deserialize_cuda_engine") == 2
 
 
 def test_load_without_sidecar_or_file(tmp_path: Path, gpu_machine) -> None:
     gpu_machine("11.4.0")
     bare = tmp_path / "other.plan"
-    bare.write_bytes(b"from elsewhere")
+    bare.write_bytes(tensorrt_api.serialized_engine_from_onnx(
+        sys.modules["tensorrt"], spec_for(build_route("11.4.0", "fp32"), tmp_path / "other.onnx")
+    ).engine)
     assert load_engine_checked(bare).sidecar is None
+    garbage = tmp_path / "garbage.plan"
+    garbage.write_bytes(b"from elsewhere")
+    with pytest.raises(MoptError, match="could not deserialize the engine: Serialization assertion"):
+        load_engine_checked(garbage)
     with pytest.raises(MoptError, match="does not exist"):
         load_engine_checked(tmp_path / "missing.plan")
     (tmp_path / "broken.plan").write_bytes(b"x")
@@ -663,3 +562,72 @@ def test_cli_builds_with_the_stand_in_module_and_uses_engines_dir_by_default(
     again = CliRunner().invoke(build_engine_cli.app, args)
     assert again.exit_code == 0 and "reused engines/cvunet.sim.fp16.plan" in again.output
     assert read_metadata(in_tmp / "engines" / "cvunet.sim.onnx")["mopt.precision"] == "fp32"
+
+
+# --- the engine's I/O in the sidecar ----------------------------------------------------------------------------
+
+
+def test_the_sidecar_records_the_engines_io_memory_weights_and_triton(tmp_path: Path, gpu_machine) -> None:
+    gpu_machine("10.13.3.9")
+    result = engine_from_onnx(write_onnx(tmp_path / "m.onnx"), profiles=[SMALL, DEFAULT_PROFILE], precision="fp32")
+    data = result.sidecar
+    assert data["schema"] == 2
+    assert data["io"]["inputs"] == [
+        {"name": "input", "dtype": "float32", "shape": [-1, 3, -1, -1], "profiles": [SMALL.to_dict(),
+                                                                                      DEFAULT_PROFILE.to_dict()]}
+    ]
+    assert data["io"]["outputs"] == [{"name": "alpha", "dtype": "float32", "shape": [-1, 3, -1, -1]}]
+    assert data["device_memory_bytes"] == 64 << 20 and data["weights_bytes"] == 0  # Sigmoid: no weights
+    assert data["triton"] == {"container": "trtllm-python-py3", "releases": ["26.02", "26.01", "25.12", "25.11"]}
+    io = engine_io_from_sidecar(data)
+    assert (io.input_name, io.output_name, io.input_dtype, io.recorded) == ("input", "alpha", "float32", True)
+    assert io.profiles == (SMALL, DEFAULT_PROFILE) and io.output_shape == (-1, 3, -1, -1)
+
+
+def test_old_sidecars_keep_working_with_mopts_default_names() -> None:
+    io = engine_io_from_sidecar({"schema": 1, "profiles": [SMALL.to_dict()]})
+    assert (io.input_name, io.output_name, io.input_dtype, io.output_dtype) == ("input", "alpha", "float32", "float32")
+    assert io.profiles == (SMALL,) and not io.recorded
+    with pytest.raises(MoptError, match="records no 'profiles'"):
+        engine_io_from_sidecar({"schema": 1})
+    empty = {"inputs": [{"name": "x", "dtype": "float32", "profiles": []}], "outputs": [{"name": "y", "dtype": "f"}]}
+    with pytest.raises(MoptError, match="records no profiles for input 'x'"):
+        engine_io_from_sidecar({"io": empty})
+
+
+def test_onnx_weight_bytes_counts_initializers_in_their_stored_type(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [2, 3])],
+        initializer=[helper.make_tensor("w", TensorProto.FLOAT16, [2, 3], [0.0] * 6)],
+    )
+    path = tmp_path / "w.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert onnx_weight_bytes(path) == 12
+
+
+def test_type_stubs_alone_are_not_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+    # tensorrt-stubs installs a tensorrt/ folder of .pyi files, which imports as an empty namespace package.
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    version, why = engine_mod._tensorrt_version()
+    assert version is None and "only the tensorrt-stubs type stubs" in why
+
+
+def test_matte_takes_the_engines_profile_from_its_recorded_io(tmp_path: Path) -> None:
+    from optimize.backends import ModelSources
+    from optimize.matte import _engine_details
+
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"engine")
+    io = {
+        "inputs": [{"name": "input.1", "dtype": "float32", "shape": [-1, 3, -1, -1], "profiles": [SMALL.to_dict()]}],
+        "outputs": [{"name": "mask", "dtype": "float32", "shape": [-1, 1, -1, -1]}],
+    }
+    (tmp_path / "m.json").write_text(json.dumps({"profiles": [DEFAULT_PROFILE.to_dict()], "io": io}))
+    _, limits = _engine_details(ModelSources(engine=plan))
+    assert (limits.min_side, limits.max_side, limits.max_batch) == (64, 128, 4)  # SMALL, as the engine has it
+    (tmp_path / "m.json").write_text(json.dumps({"profiles": [DEFAULT_PROFILE.to_dict()]}))  # an old sidecar
+    _, limits = _engine_details(ModelSources(engine=plan))
+    assert (limits.min_side, limits.max_side, limits.max_batch) == (256, 1024, 8)

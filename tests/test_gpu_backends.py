@@ -75,6 +75,65 @@ def test_tensorrt_reason_reports_a_sidecar_mismatch(tmp_path: Path, monkeypatch:
     assert reason.startswith("engine built for sm_90 with TensorRT 11.4.0; this GPU is sm_89 (NVIDIA L4)")
 
 
+def fake_cuda_capture(monkeypatch: pytest.MonkeyPatch, fail: bool) -> dict:
+    """torch.cuda's graph/stream calls on a CPU machine, with torch's behaviour on a failed capture: when
+    capture_end raises, torch.cuda.graph's __exit__ never restores the stream that was current before."""
+    state: dict = {"current": "caller-stream", "modes": [], "set": []}
+
+    class Graph:
+        def __init__(self, graph, stream=None, capture_error_mode="global") -> None:
+            self.stream = stream
+            state["modes"].append(capture_error_mode)
+
+        def __enter__(self) -> None:
+            state["current"] = self.stream
+
+        def __exit__(self, *exc) -> None:
+            if fail:
+                raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+            state["current"] = "caller-stream"
+
+    def set_stream(stream) -> None:
+        state["set"].append(stream)
+        state["current"] = stream
+
+    monkeypatch.setattr(torch.cuda, "graph", Graph)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: "graph")
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: state["current"])
+    monkeypatch.setattr(torch.cuda, "set_stream", set_stream)
+    return state
+
+
+def test_a_failed_capture_restores_the_stream_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    from optimize.gpu_backends import capture_cuda_graph
+
+    state = fake_cuda_capture(monkeypatch, fail=True)
+    graph, out, reason = capture_cuda_graph(lambda: "output", "engine-stream", "cuda:0")
+    assert (graph, out) == (None, None)
+    assert reason == (
+        "CUDA graph capture failed (CUDA error: operation not permitted when stream is capturing); "
+        "timing plain launches"
+    )
+    assert state["current"] == "caller-stream" and state["set"] == ["caller-stream"]
+    assert state["modes"] == ["thread_local"]  # as trtexec captures: other threads' CUDA calls are not refused
+
+
+def test_a_capture_whose_step_fails_is_reported_with_the_steps_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from optimize.errors import MoptError
+    from optimize.gpu_backends import capture_cuda_graph
+
+    state = fake_cuda_capture(monkeypatch, fail=False)
+
+    def step() -> None:
+        raise MoptError("TensorRT execution failed: enqueueV3 cannot be captured")
+
+    graph, _, reason = capture_cuda_graph(step, "engine-stream", "cuda:0")
+    assert graph is None and "enqueueV3 cannot be captured" in reason and state["current"] == "caller-stream"
+
+    graph, out, reason = capture_cuda_graph(lambda: "output", "engine-stream", "cuda:0")
+    assert (graph, out, reason) == ("graph", "output", None) and state["set"] == ["caller-stream"]
+
+
 # --- on a GPU ------------------------------------------------------------------------------------------------
 
 
@@ -105,6 +164,9 @@ def test_torch_cuda_matches_the_cpu_reference(tiny_checkpoint: Path, batch, refe
         assert len(times) == 5 and all(t > 0 for t in times)
         assert backend.peak_memory_mb() > 0
         assert backend.device.startswith("cuda:")
+        if name == "torch-cuda-fp16":  # the CUDA graph was captured and replayed, not silently skipped
+            assert backend.graph_used == {batch.shape: True}, backend.graph_notes
+            assert torch.cuda.current_stream() == torch.cuda.default_stream()
 
 
 @pytest.mark.gpu
@@ -141,3 +203,8 @@ def test_tensorrt_engine_builds_reuses_and_matches(tiny_onnx: Path, tmp_path: Pa
         times = backend.time_inference(batch, warmup=2, iterations=5)
         assert len(times) == 5 and all(t > 0 for t in times)
         assert backend.peak_memory_mb() > 0
+        assert backend.graph_used == {batch.shape: True}, backend.graph_notes
+        assert torch.cuda.current_stream() == torch.cuda.default_stream()
+        # The engine's own numbers: activation memory from device_memory_size_v2, weights from the built graph.
+        assert backend.activation_mb > 0 and backend.weights_mb > 0
+        assert (backend.io.input_name, backend.io.output_name) == ("input", "alpha") and backend.io.recorded

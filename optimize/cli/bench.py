@@ -73,6 +73,9 @@ def print_bench(report: BenchReport) -> None:
                 f"{result['name']:28} batch {result['batch']:<3} {result['height']}x{result['width']}: "
                 f"{ratio['speedup_p50']:.2f}x faster than {ratio['reference']} (median latency)"
             )
+    for r in report.results:
+        if r.note:  # e.g. a CUDA graph that could not be captured: the time is of plain launches
+            console.print(f"[yellow]{escape(r.name)} batch {r.batch} {r.height}x{r.width}: {escape(r.note)}")
     for s in report.skipped:
         console.print(f"[dim]skipped {escape(s['backend'])}: {escape(s['reason'])}")
 

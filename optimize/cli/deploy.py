@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from optimize.cli.common import console
 from optimize.deploy import (
@@ -16,6 +17,7 @@ from optimize.deploy import (
     read_model_config,
     triton_repository_from_model,
 )
+from optimize.triton_releases import triton_match
 
 GROUP = "deploy"
 app = typer.Typer(no_args_is_help=True)
@@ -46,6 +48,11 @@ def triton(
     ] = InstanceKind.gpu,
     instances: Annotated[int, typer.Option("--instances", min=1, help="Model instances per device.")] = 1,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing model of that name.")] = False,
+    triton_version: Annotated[
+        str | None,
+        typer.Option("--triton-version", help="Triton release (YY.MM) that will serve it: refused if its TensorRT "
+                     "cannot load the engine."),
+    ] = None,
 ) -> None:
     """Write OUTPUT/<name>/config.pbtxt and OUTPUT/<name>/<version>/model.plan|model.onnx for Triton."""
     folder = triton_repository_from_model(
@@ -58,7 +65,11 @@ def triton(
         instance_kind=instance_kind,
         instances=instances,
         force=force,
+        triton_version=triton_version,
     )
     config = read_model_config(folder / "config.pbtxt")
     console.print(f"wrote {folder}/ ({describe_config(config)})")
+    if config.backend == "tensorrt":
+        tensorrt_version = config.parameters["mopt.tensorrt_version"].string_value or None
+        console.print(escape(triton_match(tensorrt_version).advice()))
     console.print(f"serve it: tritonserver --model-repository {output.resolve()}")
