@@ -41,8 +41,8 @@ from typing import Any
 from optimize.deps import require
 from optimize.engine import ENGINE_SUFFIXES, engine_io_from_sidecar, read_sidecar, sidecar_path
 from optimize.errors import MoptError
-from optimize.onnx_model import read_metadata
 from optimize.fileio import file_sha256
+from optimize.onnx_model import read_metadata
 from optimize.profiles import ShapeProfile, format_shape, validate_profile
 from optimize.triton_releases import check_triton_release, triton_match
 
