@@ -35,12 +35,18 @@ def info(
         loaded = load_checkpoint(checkpoint, arch=arch)
         model, source = loaded.model, f"{checkpoint} (sha256 {loaded.sha256[:12]})"
         training = loaded.extra.get("train", {})
+        card = loaded.card
     elif arch is not None:
         model, source, training = architectures.create_model(arch), "random initialisation", {}
+        card = None
     else:
         raise MoptError("give a CHECKPOINT or --arch NAME (see `mopt info --list`)")
+    if card is not None:
+        card.size.check(height, width, what="--size")
     result = info_from_model(model, height, width)
     table = Table(title=f"{result.arch} — {source}", show_header=False)
+    if card is not None:
+        table.add_row("model card", card.describe())
     table.add_row("parameters", f"{result.parameters:,} ({result.parameters / 1e6:.2f} M)")
     table.add_row("weights (FP32)", f"{result.size_mb_fp32:.1f} MiB")
     table.add_row(f"GFLOPs at {height}x{width}", f"{result.gflops:.2f}")
