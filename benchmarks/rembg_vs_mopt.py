@@ -223,6 +223,7 @@ def main() -> None:
     parser.add_argument(
         "--checkpoint", type=Path, default=None, help=f"cvunet checkpoint, default {DEFAULT_CHECKPOINT}"
     )
+    parser.add_argument("--compression", default="fast,default", help="mopt matte PNG settings to run, comma-separated")
     parser.add_argument("--latency-batch", default="1,8", help="u2netp: batches for the PyTorch/ORT latency")
     parser.add_argument("--rembg", type=Path, default=Path("/tmp/rembg-venv/bin/rembg"))
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mopt-rembg-bench"))
@@ -249,7 +250,7 @@ def main() -> None:
     start_load = os.getloadavg()[0]
     runs: list[Run] = []
     for round_index in range(args.rounds):
-        for compression in ("fast", "default"):
+        for compression in args.compression.split(","):
             out = args.workdir / f"mopt-{compression}-{round_index}"
             runs.append(run_mopt(images, model, out, args.threads, compression, logs, args.count))
             print(runs[-1], flush=True)
