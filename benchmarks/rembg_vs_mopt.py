@@ -19,6 +19,15 @@ Then, from the repository root::
 
     .venv/bin/python -m benchmarks.rembg_vs_mopt --count 200 --threads 2 --rounds 2
 
+``--model u2netp`` runs U²-NetP instead (rembg's own small model, ``architectures/u2net.py``): the script
+saves a randomly initialised U²-NetP as a bare state dict (``u2netp.pth``; the published weights cannot be
+fetched here, and the arithmetic, hence the speed, is that of trained weights), imports it the way a user
+would (``mopt import u2netp.pth --arch u2netp -o u2netp.onnx``, through
+:func:`optimize.model_import.import_model`) and simplifies it. It then also measures the model itself, in
+the same run, as ``mopt bench`` does: PyTorch eager FP32 against ONNX Runtime FP32 on the simplified ONNX,
+at 320 x 320, batch 1 and 8, with the same threads (``--latency-batch`` changes the batches, an empty value
+skips it).
+
 rembg only loads custom models from inside its home folder, so the script copies the ONNX model into
 ``<workdir>/rembg-home`` and points ``REMBG_HOME`` there.
 """
@@ -95,6 +104,55 @@ def simplified_model(checkpoint: Path | None, workdir: Path) -> tuple[Path, str]
     return simplified_onnx_from_onnx(exported, workdir / "model.sim.onnx").path, source
 
 
+def u2netp_model(workdir: Path) -> tuple[Path, Path, str]:
+    """A random U²-NetP as bare weights, imported to a mopt checkpoint and ONNX, then simplified.
+
+    Returns the simplified ONNX, the mopt checkpoint (for the PyTorch side of the latency) and a description.
+    """
+    import torch
+
+    import architectures
+    from optimize.model_import import import_model
+
+    weights = workdir / "u2netp.pth"
+    if not weights.is_file():
+        torch.manual_seed(0)
+        torch.save(architectures.create_model("u2netp").state_dict(), weights)  # the shape of the published file
+    checkpoint = import_model(weights, workdir / "u2netp.mopt.pth", arch="u2netp").path
+    exported = import_model(weights, workdir / "u2netp.onnx", arch="u2netp").path
+    simplified = simplified_onnx_from_onnx(exported, workdir / "u2netp.sim.onnx").path
+    source = "u2netp, random weights (the arithmetic, hence the speed, is that of trained weights)"
+    return simplified, checkpoint, source
+
+
+def latency(checkpoint: Path, model: Path, threads: int, batches: str, logs: Path) -> list[dict]:
+    """``mopt bench`` of the PyTorch checkpoint against ONNX Runtime on ``model`` at 320 x 320; its result rows."""
+    report = logs / "bench.json"
+    side = REMBG_INFERENCE_SIDE
+    command = [
+        sys.executable, "-m", "optimize.cli.main", "bench", "-c", str(checkpoint), "--onnx", str(model),
+        "--backend", "torch,onnxruntime", "--size", f"{side}x{side}", "--batch", batches,
+        "--threads", str(threads), "--json", str(report),
+    ]  # fmt: skip
+    timed(command, {**os.environ, "OMP_NUM_THREADS": str(threads)}, logs / "bench.log")
+    print((logs / "bench.log").read_text(), flush=True)
+    return json.loads(report.read_text())["results"]
+
+
+def print_latency(rows: list[dict]) -> None:
+    """The bench rows as a table, with ONNX Runtime's speed-up over PyTorch eager at each batch."""
+    print("| backend | batch | p50 ms | p90 ms | images/s |")
+    print("|---|---:|---:|---:|---:|")
+    for row in rows:
+        cells = [row["backend"], row["batch"], f"{row['p50_ms']:.1f}", f"{row['p90_ms']:.1f}"]
+        print("| " + " | ".join(map(str, [*cells, f"{row['images_per_s']:.2f}"])) + " |")
+    print()
+    for batch in sorted({row["batch"] for row in rows}):
+        p50 = {row["backend"]: row["p50_ms"] for row in rows if row["batch"] == batch}
+        if "torch" in p50 and "onnxruntime" in p50:
+            print(f"batch {batch}: ONNX Runtime {p50['torch'] / p50['onnxruntime']:.2f}x PyTorch eager (p50)")
+
+
 def output_mib(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*.png")) / 2**20
 
@@ -161,7 +219,12 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=1024, help="JPEG width and height")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for both tools")
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs of each tool")
-    parser.add_argument("--checkpoint", type=Path, default=None, help=f"default {DEFAULT_CHECKPOINT}")
+    parser.add_argument("--model", choices=("cvunet", "u2netp"), default="cvunet", help="the model both tools run")
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None, help=f"cvunet checkpoint, default {DEFAULT_CHECKPOINT}"
+    )
+    parser.add_argument("--compression", default="fast,default", help="mopt matte PNG settings to run, comma-separated")
+    parser.add_argument("--latency-batch", default="1,8", help="u2netp: batches for the PyTorch/ORT latency")
     parser.add_argument("--rembg", type=Path, default=Path("/tmp/rembg-venv/bin/rembg"))
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mopt-rembg-bench"))
     parser.add_argument("--seed", type=int, default=11)
@@ -174,15 +237,20 @@ def main() -> None:
     images = args.workdir / f"jpeg-{args.side}"
     print(f"writing {args.count} JPEGs of {args.side}x{args.side} to {images} ...", flush=True)
     make_jpegs(images, args.count, args.side, args.seed)
-    model, source = simplified_model(args.checkpoint, args.workdir)
+    if args.model == "u2netp":
+        model, checkpoint, source = u2netp_model(args.workdir)
+    else:
+        model, source = simplified_model(args.checkpoint, args.workdir)
+        checkpoint = None
     home = args.workdir / "rembg-home"
     home.mkdir(exist_ok=True)
     shutil.copy2(model, home / model.name)
 
     machine = machine_info(args.threads)  # records the date too
+    start_load = os.getloadavg()[0]
     runs: list[Run] = []
     for round_index in range(args.rounds):
-        for compression in ("fast", "default"):
+        for compression in args.compression.split(","):
             out = args.workdir / f"mopt-{compression}-{round_index}"
             runs.append(run_mopt(images, model, out, args.threads, compression, logs, args.count))
             print(runs[-1], flush=True)
@@ -190,9 +258,14 @@ def main() -> None:
         runs.append(run_rembg(args.rembg, images, model, out, args.threads, home, logs, args.count))
         print(runs[-1], flush=True)
 
+    bench_rows = []
+    if checkpoint is not None and args.latency_batch:
+        bench_rows = latency(checkpoint, model, args.threads, args.latency_batch, logs)
+
     print()
     print("(medians over the runs; steady: after the first tenth of the outputs; CPU includes start-up)")
     print("machine: " + ", ".join(f"{key} {value}" for key, value in machine.items()))
+    print(f"load average at the start: {start_load:.2f}")
     print(f"model: {source} -> {model.name}; {args.count} JPEGs {args.side}x{args.side}, inferred at 320x320")
     print("command: .venv/bin/python -m benchmarks.rembg_vs_mopt " + " ".join(sys.argv[1:]))
     print()
@@ -204,7 +277,7 @@ def main() -> None:
     groups: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
         groups.setdefault((run.tool, run.variant), []).append(run)
-    medians = {}
+    medians, end_to_end_medians = {}, {}
     for (tool, variant), members in groups.items():
         steady = statistics.median(r.steady_images_per_s for r in members)
         end_to_end = statistics.median(r.end_to_end_images_per_s for r in members)
@@ -212,13 +285,21 @@ def main() -> None:
         size = statistics.median(r.output_mib for r in members)
         loads = ", ".join(f"{r.load:.1f}" for r in members)
         medians[(tool, variant)] = steady
+        end_to_end_medians[(tool, variant)] = end_to_end
         cells = [tool, variant, f"{steady:.2f}", f"{end_to_end:.2f}", f"{cpu:.3f}", f"{size:.0f}", loads, len(members)]
         print("| " + " | ".join(map(str, cells)) + " |")
-    rembg = next(v for (tool, _), v in medians.items() if tool == "rembg p")
+    rembg = next(key for key in medians if key[0] == "rembg p")
     print()
-    for (tool, variant), steady in medians.items():
-        if tool != "rembg p":
-            print(f"{tool} ({variant}) / rembg p: {steady / rembg:.2f}x steady throughput")
+    for key, steady in medians.items():
+        if key != rembg:
+            print(
+                f"{key[0]} ({key[1]}) / rembg p: {steady / medians[rembg]:.2f}x steady throughput, "
+                f"{end_to_end_medians[key] / end_to_end_medians[rembg]:.2f}x end to end"
+            )
+    if bench_rows:
+        print()
+        print(f"latency of the model itself, {REMBG_INFERENCE_SIDE}x{REMBG_INFERENCE_SIDE}, {args.threads} threads:")
+        print_latency(bench_rows)
 
 
 if __name__ == "__main__":
