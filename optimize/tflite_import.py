@@ -3,14 +3,16 @@
 No TensorFlow and no interpreter: the flatbuffer is parsed, checked against what the PyTorch port
 (:mod:`architectures.mediapipe_selfie`) computes, and its FP16 weights are dequantized onto the port.
 
-The check is strict on purpose: a graph passes only if its operator histogram, its input/output shapes,
-every weighted layer's kind, weight shape, stride, padding and output shape, the resize mode, the pooling
-windows and the custom transposed convolution's options are exactly what the port implements. Anything else
+The check is strict on purpose: a graph passes only if its operator histogram, its wiring (which operator
+feeds which), its input/output shapes, every weighted layer's kind, weight shape, stride, padding and output
+shape, the resize mode, the pooling windows and the custom transposed convolution's options are exactly what
+the port implements. Anything else
 would be a different model that the port would silently compute wrongly.
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,6 +49,9 @@ EXPECTED_OPS = {
     TRANSPOSE_CONV_OP: 1,
 }
 _POOL_OPS = ("AVERAGE_POOL_2D", "MEAN")
+# sha256 of both graphs' wiring (see _wiring): which operator feeds which, pools named alike, ADD/MUL inputs
+# unordered. Operator counts and shapes alone would let a graph with rerouted skips or residuals through.
+WIRING_SHA256 = "623c6273f3661bf0a12d783acaed6966fe9465ac3e24b91eedfcc8fbbc9cb9d6"
 _FLOAT_TYPES = {"FLOAT32": "<f4", "FLOAT16": "<f2"}
 # TfLitePadding in the custom op's C struct options (1-based, unlike the schema's Padding enum).
 _C_PADDING_SAME = 1
@@ -224,6 +229,37 @@ def _check_structure(graph: _Graph) -> tuple[int, int]:
     return native  # type: ignore[return-value]
 
 
+def _wiring(graph: _Graph) -> str:
+    """Every compute operator with the positions of the operators (or the graph input) that feed it.
+
+    DEQUANTIZE is skipped (it only unpacks FP16 weights) and constant inputs are left out, so the portrait
+    graph (AVERAGE_POOL_2D) and the landscape one (MEAN with an axes constant) have the same wiring.
+    """
+    compute = [op for op in graph.ops if graph.op_name(op) != "DEQUANTIZE"]
+    producer = {int(t): i for i, op in enumerate(compute) for t in op.OutputsAsNumpy()}
+    graph_input = int(graph.graph.InputsAsNumpy()[0])
+    lines = []
+    for op in compute:
+        name = graph.op_name(op)
+        sources = [producer[int(t)] for t in op.InputsAsNumpy() if int(t) in producer]
+        if name in ("ADD", "MUL"):
+            sources.sort()  # commutative: an exporter may list either operand first
+        reads_input = any(int(t) == graph_input for t in op.InputsAsNumpy())
+        pool = "global pool" if name in _POOL_OPS else name
+        lines.append(f"{pool}({'input,' if reads_input else ''}{','.join(map(str, sources))})")
+    output = int(graph.graph.OutputsAsNumpy()[0])
+    lines.append(f"output({producer.get(output, -1)})")
+    return ";".join(lines)
+
+
+def _check_wiring(graph: _Graph) -> None:
+    if hashlib.sha256(_wiring(graph).encode()).hexdigest() != WIRING_SHA256:
+        raise MoptError(
+            f"{graph.path} has the selfie graph's operators but wired differently (another skip, residual or "
+            "gate connection); this is another model"
+        )
+
+
 def _check_non_weight_ops(graph: _Graph) -> None:
     """Resize mode, full-window pooling and no fused activations: the semantics the port hard-codes."""
     t = graph.tflite
@@ -333,6 +369,7 @@ def model_from_tflite(tflite_path: str | Path) -> TFLiteImport:
     graph = _read_graph(path)
     try:
         native = _check_structure(graph)
+        _check_wiring(graph)
         _check_non_weight_ops(graph)
         arch = VARIANTS[native]
         model = create_model(arch)

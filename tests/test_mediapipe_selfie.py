@@ -23,10 +23,13 @@ from optimize.tflite_import import (
 )
 
 PARITY_ATOL = 1e-4  # at the native size; measured at most 2.8e-5 (portrait) and 5.8e-5 (landscape) on the photos
-# Away from the native size a few steep-sigmoid pixels move more under float32 rounding alone: the port is within
-# 7.6e-5 of itself in float64 there, LiteRT within 1.9e-4 (measured at 96x160..300x200). A wrong padding, resize
-# or crop moves pixels by 1e-1 and more.
-RESIZED_ATOL = 3e-4
+# Away from the native size single steep-edge pixels move more under float32 rounding alone: in cameraman at
+# 96x160 one pixel differs from LiteRT by 2.4e-4 with 2 PyTorch threads and 4.6e-4 with 1 (the port is within
+# 7.6e-5 of itself in float64 there, LiteRT within 1.9e-4; mean differences 8e-8..2.1e-6). Symmetric instead
+# of SAME padding moves the worst pixel by 1.0 and the mean by 9e-2..3e-1, so the worst pixel gets a looser
+# bar and the mean a tight one.
+RESIZED_ATOL = 1e-3
+RESIZED_MEAN_ATOL = 1e-5
 VARIANTS = ["mediapipe-selfie", "mediapipe-selfie-landscape"]
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,11 +83,13 @@ def test_port_matches_litert_on_real_photos_at_the_native_size(imported):
 def test_port_matches_the_resized_graph_away_from_the_native_size(imported, size):
     # LiteRT runs the network at another size once its resize targets and pool windows are re-set.
     # Odd sizes: XNNPACK's transposed conv returns 2*ceil(n/2) rows, the port crops to the input's n.
-    x = photos_at(*size)[:2]
+    x = photos_at(*size)
     expected = litert(tflite_for_size(bundled_tflite(imported.arch), *size), x)
     got = port(imported.model, x)
-    assert got.shape == (2, *size)
-    assert float(np.abs(got - expected[:, : size[0], : size[1]]).max()) <= RESIZED_ATOL
+    assert got.shape == (len(x), *size)
+    difference = np.abs(got - expected[:, : size[0], : size[1]])
+    assert float(difference.max()) <= RESIZED_ATOL
+    assert float(difference.mean()) <= RESIZED_MEAN_ATOL
 
 
 @pytest.mark.parametrize("size", [(1, 1), (17, 5), (33, 64)])
@@ -173,6 +178,26 @@ def _stride_two_conv_made_stride_one() -> bytes:
     return bytes(data)
 
 
+def _residual_rerouted() -> bytes:
+    """The portrait graph with one residual ADD reading an earlier tensor of the same shape: other wiring."""
+    import tflite
+
+    data = bytearray(bundled_tflite().read_bytes())
+    model = tflite.Model.GetRootAsModel(data, 0)
+    graph = model.Subgraphs(0)
+    names = {graph.Tensors(i).Name().decode(): i for i in range(graph.TensorsLength())}
+    add = next(
+        graph.Operators(i)
+        for i in range(graph.OperatorsLength())
+        if graph.Tensors(graph.Operators(i).Outputs(0)).Name().decode().startswith("add_2")
+    )
+    inputs = list(add.InputsAsNumpy())
+    position = inputs.index(names["add_1__xeno_compat__1"])
+    start = add._tab.Vector(add._tab.Offset(6))  # Operator.inputs: an int32 vector
+    struct.pack_into("<i", data, start + 4 * position, names["conv2d_12"])  # the block's input, not its sum
+    return bytes(data)
+
+
 BAD_FILES = {
     "not a flatbuffer": (lambda: b"\x89PNG\r\n\x1a\n" + bytes(200), "not a TFLite flatbuffer"),
     "empty": (lambda: b"", "not a TFLite flatbuffer"),
@@ -180,6 +205,7 @@ BAD_FILES = {
     "cut after the header": (lambda: bundled_tflite().read_bytes()[:64], "truncated or corrupt"),
     "other operator counts": (_relu_opcode_swapped_for_hard_swish, "operator counts differ: HARD_SWISH 12"),
     "other tensor shapes": (_stride_two_conv_made_stride_one, "stride"),
+    "other wiring": (_residual_rerouted, "wired differently"),
     "other input size": (
         lambda: _patched(bundled_tflite(), struct.pack("<4i", 1, 256, 256, 3), struct.pack("<4i", 1, 320, 320, 3)),
         r"takes \[1, 320, 320, 3\]",
