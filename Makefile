@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 # TensorRT from NVIDIA's own index, and installed it would make `import tensorrt` succeed on an empty namespace.
 TENSORRT_STUBS ?= tensorrt-stubs==10.13.0.35.1
 
-.PHONY: setup test compare bench lint clean checkpoint recipes gpu-check gpu-check-wheels
+.PHONY: setup test compare bench lint clean checkpoint recipes gpu-check gpu-check-wheels recipes-selfie checkpoint-selfie
 
 setup: $(STAMP)
 
@@ -55,6 +55,23 @@ recipes: setup
 		--count 16 --threads 2 -o checkpoints/cvunet.fp16-recipe.json
 	$(BIN)/mopt debug precision engines/cvunet.sim.onnx --int8 --budget mad=0.004 --size 512x512 --count 16 \
 		--synthetic 32 --threads 2 -o checkpoints/cvunet.int8-recipe.json
+	$(MAKE) recipes-selfie
+
+# The bundled MediaPipe selfie model, converted from the committed original (see third_party/mediapipe/README.md).
+checkpoint-selfie: setup
+	$(BIN)/python -c "from optimize.tflite_import import bundled_tflite as b, checkpoint_from_tflite as c; \
+		c(b('mediapipe-selfie'), 'checkpoints/selfie.pth'); c(b('mediapipe-selfie-landscape'), 'checkpoints/selfie-landscape.pth')"
+
+# Its FP16/INT8 recipes, judged on the bundled real photos at the native 256x256 (about 10 minutes). INT8
+# calibrates on the same photos.
+SELFIE_PHOTOS := engines/photos
+recipes-selfie: setup
+	$(BIN)/python -c "from optimize.sample_photos import sample_photo_folder; sample_photo_folder('$(SELFIE_PHOTOS)')"
+	$(BIN)/mopt export checkpoints/selfie.pth -o engines/selfie.onnx && $(BIN)/mopt simplify engines/selfie.onnx
+	$(BIN)/mopt debug precision engines/selfie.sim.onnx --fp16 --budget mad=1e-3,max_abs=4e-3 --size 256x256 \
+		--images $(SELFIE_PHOTOS) --count 3 --max-steps 600 --threads 2 -o checkpoints/selfie.fp16-recipe.json
+	$(BIN)/mopt debug precision engines/selfie.sim.onnx --int8 --budget mad=0.004 --size 256x256 \
+		--images $(SELFIE_PHOTOS) --count 3 --threads 2 -o checkpoints/selfie.int8-recipe.json
 
 # Everything that needs an NVIDIA GPU (H100/H200: a few minutes): the gpu/tensorrt tests, bench at 1024x1024 batch 1
 # and 8 (torch-cuda FP32, torch-cuda-fp16 with CUDA graphs, TensorRT FP16 where it imports), compare on the GPU and
