@@ -185,6 +185,8 @@ class SelfieSegmentation(nn.Module):
     "mediapipe-selfie",
     SelfieConfig(256, 256),
     "MediaPipe selfie segmentation (portrait, native 256x256; Google, Apache-2.0); weights via mopt import",
+    # RGB in [0, 1] (no mean/std); any size runs, but the model was trained at 256 px.
+    card={"mean": None, "std": None, "preferred_side": 256},
 )
 def mediapipe_selfie(config: SelfieConfig) -> nn.Module:
     return SelfieSegmentation(config)
@@ -194,6 +196,7 @@ def mediapipe_selfie(config: SelfieConfig) -> nn.Module:
     "mediapipe-selfie-landscape",
     SelfieConfig(144, 256),
     "MediaPipe selfie segmentation (landscape, native 144x256; Google, Apache-2.0); weights via mopt import",
+    card={"mean": None, "std": None, "preferred_side": 256},
 )
 def mediapipe_selfie_landscape(config: SelfieConfig) -> nn.Module:
     return SelfieSegmentation(config)

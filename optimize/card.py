@@ -136,6 +136,8 @@ class ModelCard:
         activation: ``sigmoid`` when the output is logits, ``none`` when it is the result already.
         output_channels: 1 for an alpha matte, 3 for an image-to-image model.
         output_name: the name of the result in the ONNX mopt exports.
+        preferred_side: the longest side the model was trained at, when it runs at any size but is best near
+            that one; ``mopt matte`` and ``mopt serve`` infer at most at it unless ``--max-side`` says otherwise.
     """
 
     arch: str
@@ -151,6 +153,7 @@ class ModelCard:
     activation: str = "none"
     output_channels: int = 1
     output_name: str = DEFAULT_OUTPUT_NAME
+    preferred_side: int | None = None
 
     def __post_init__(self) -> None:
         if self.channel_order not in CHANNEL_ORDERS:
@@ -170,6 +173,8 @@ class ModelCard:
             raise MoptError(f"output channels must be 1 (alpha) or 3 (image), got {self.output_channels}")
         if self.batch is not None and self.batch < 1:
             raise MoptError(f"fixed batch must be at least 1, got {self.batch}")
+        if self.preferred_side is not None and self.preferred_side < 1:
+            raise MoptError(f"preferred side must be positive, got {self.preferred_side}")
 
     # --- what the stages ask ---------------------------------------------------------------------------
 
@@ -239,6 +244,7 @@ class ModelCard:
             "activation": self.activation,
             "output_channels": self.output_channels,
             "output_name": self.output_name,
+            "preferred_side": self.preferred_side,
         }
 
     def to_json(self) -> str:
@@ -267,6 +273,7 @@ class ModelCard:
                 activation=str(data.get("activation", "none")),
                 output_channels=int(data.get("output_channels", 1)),
                 output_name=str(data.get("output_name", DEFAULT_OUTPUT_NAME)),
+                preferred_side=int(data["preferred_side"]) if data.get("preferred_side") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise MoptError(f"{source} is malformed ({exc!r}); re-create the file with `mopt import`") from exc

@@ -112,6 +112,15 @@ def inference_size(
     return snap(height), snap(width)
 
 
+def default_max_side(card: ModelCard | Normalization, requested: int | None) -> int:
+    """``--max-side`` as asked, else the side the model was trained at (its card's ``preferred_side``), else 1024.
+
+    A model trained at 256 px (MediaPipe's selfie segmentation) runs at any size but sees a 1024 px portrait's
+    background textures as foreground; at its own scale its mattes are clean.
+    """
+    return requested or input_card(card).preferred_side or DEFAULT_MAX_SIDE
+
+
 # --- backend selection -----------------------------------------------------------------------------
 
 

@@ -145,9 +145,13 @@ def run_pipeline(
         from optimize.precision import fp16_onnx_from_onnx
 
         recipe = recipe_for("fp16")
-        state.fp16 = Path(fp16_onnx_from_onnx(state.simplified, recipe=recipe))
+        # Verified on the images the job runs on (the user's, else generated composites), at its size.
+        state.fp16 = Path(
+            fp16_onnx_from_onnx(state.simplified, recipe=recipe, images=s.calibration_images, size=s.size)
+        )
         kept = f", FP32 nodes from {recipe}" if recipe else ""
-        return f"ModelOpt AutoCast, I/O kept FP32{kept}, verified in ONNX Runtime", state.fp16
+        on = s.calibration_images or "generated composites"
+        return f"ModelOpt AutoCast, I/O kept FP32{kept}, verified in ONNX Runtime on {on}", state.fp16
 
     def int8_stage():
         _needs(state.simplified, "simplified ONNX model")
@@ -156,7 +160,7 @@ def run_pipeline(
         recipe = recipe_for("int8")
         # Calibrate at the size the model is compared and benchmarked at: activation ranges depend on the
         # input scale, and a recipe made at that size assumes them.
-        calibration = {"calib_size": s.size, "size": s.size, "recipe": recipe}
+        calibration = {"calib_size": s.size, "size": s.size, "recipe": recipe, "images": s.calibration_images}
         if s.calibration_images is not None:
             state.int8 = Path(int8_onnx_from_onnx(state.simplified, calib_dir=s.calibration_images, **calibration))
             source = f"calibrated on {s.calibration_images}"
@@ -188,7 +192,7 @@ def run_pipeline(
         from optimize.compare import batched_inputs, candidates_from_sources, compare_models, reference_from_checkpoint
 
         src = sources()
-        inputs = batched_inputs(loaded.normalization, *s.size, s.compare_batch, s.compare_count, s.calibration_images)
+        inputs = batched_inputs(loaded.card, *s.size, s.compare_batch, s.compare_count, s.calibration_images)
         candidates, skipped = candidates_from_sources(src)
         description = {
             "images": str(s.calibration_images or "generated composites"),

@@ -465,3 +465,25 @@ def write_report(
     with atomic_output(report_dir / CHART_NAME) as tmp:
         tmp.write_bytes(png)
     return write_text(report_dir / SUMMARY_NAME, markdown)
+
+
+def combined_summary(report_dir: str | Path, sections: Sequence[str]) -> Path:
+    """``report_dir/summary.md`` with one section per model, each the summary of its own report folder.
+
+    ``make compare`` runs the pipeline once per bundled model into ``report_dir/<name>/``; this index puts
+    their summaries under one heading each (their own headings one level down) so one file tells the verdicts.
+    """
+    report_dir = Path(report_dir)
+    lines = ["# mopt compare: the bundled models", ""]
+    for name in sections:
+        summary = report_dir / name / SUMMARY_NAME
+        lines += [f"## {name}", "", f"Report folder: `{name}/`.", ""]
+        if not summary.is_file():
+            lines += ["No summary was written (the pipeline stopped early); see the command's output.", ""]
+            continue
+        for line in summary.read_text().splitlines():
+            lines.append("#" + line if line.startswith("#") else line)
+        lines.append("")
+    from optimize.fileio import write_text
+
+    return write_text(report_dir / SUMMARY_NAME, "\n".join(lines))

@@ -63,6 +63,7 @@ from optimize.matte import (
     DEFAULT_MAX_SIDE,
     SIZE_STEP,
     BackendChoice,
+    default_max_side,
     inference_size,
     select_backend,
 )
@@ -349,7 +350,7 @@ class ServeOptions:
     name: str = DEFAULT_MODEL_NAME
     max_batch: int | None = None  # default: the engine's profile max batch, else DEFAULT_MAX_BATCH
     max_queue_delay_ms: float = DEFAULT_MAX_QUEUE_DELAY_MS
-    max_side: int = DEFAULT_MAX_SIDE
+    max_side: int | None = None  # None: the model card's preferred side, else DEFAULT_MAX_SIDE
     instances: int = DEFAULT_INSTANCES
 
     def ports(self) -> dict[str, int]:
@@ -528,7 +529,8 @@ def serve_model(
                 f"use at most {limits.max_batch}"
             )
         # The same batch and size bounds `mopt matte` derives from the backend (an engine's profile).
-        max_batch, max_side, min_side = model.choice.fit(max_batch, options.max_side)
+        requested_side = default_max_side(model.choice.normalization, options.max_side)
+        max_batch, max_side, min_side = model.choice.fit(max_batch, requested_side)
         predictor = MattePredictor(model.backend, model.choice.normalization, max_side, max_batch, min_side)
         # TensorRT tuned its kernels for the profile's batches: let Triton aim for the largest one.
         preferred = [max_batch] if limits is not None else []

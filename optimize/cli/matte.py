@@ -18,8 +18,8 @@ from optimize.errors import MoptError
 from optimize.images import DEFAULT_PNG_COMPRESSION, parse_color
 from optimize.matte import (
     DEFAULT_BATCH,
-    DEFAULT_MAX_SIDE,
     MatteReport,
+    default_max_side,
     mattes_from_images,
     select_backend,
 )
@@ -120,8 +120,9 @@ def matte(
         typer.Option("--workers", min=1, help="Threads decoding and encoding beside inference (default: CPU cores)."),
     ] = None,
     max_side: Annotated[
-        int, typer.Option("--max-side", min=32, help="Longest side images are inferred at (mattes are full size).")
-    ] = DEFAULT_MAX_SIDE,
+        int | None,
+        typer.Option("--max-side", min=32, help="Longest side images are inferred at [the model's own, else 1024]."),
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo outputs that are already complete.")] = False,
     report_path: Annotated[
         Path | None, typer.Option("--report", dir_okay=False, help="Write the run report (failures, speed) as JSON.")
@@ -147,6 +148,7 @@ def matte(
             console.print(f"[dim]  not used: {name}: {why}", highlight=False)
         for note in choice.notes:
             console.print(f"[yellow]note: {note}")
+        max_side = default_max_side(choice.normalization, max_side)
         run_batch, run_max_side, min_side = choice.fit(batch, max_side)
         if (run_batch, run_max_side) != (batch, max_side):
             console.print(

@@ -14,7 +14,6 @@ from optimize.serve import (
     DEFAULT_HOST,
     DEFAULT_INSTANCES,
     DEFAULT_MAX_QUEUE_DELAY_MS,
-    DEFAULT_MAX_SIDE,
     DEFAULT_MODEL_NAME,
     DEFAULT_PORT,
     ServeOptions,
@@ -71,8 +70,11 @@ def serve(
         float, typer.Option("--max-queue-delay-ms", min=0, help="How long a request may wait to fill a batch.")
     ] = DEFAULT_MAX_QUEUE_DELAY_MS,
     max_side: Annotated[
-        int, typer.Option("--max-side", min=SIZE_STEP, help="Longest side images are inferred at (matte resized back).")
-    ] = DEFAULT_MAX_SIDE,
+        int | None,
+        typer.Option(
+            "--max-side", min=SIZE_STEP, help="Longest side images are inferred at [the model's own, else 1024]."
+        ),
+    ] = None,
     instances: Annotated[
         int, typer.Option("--instances", min=1, help="Model instances (overlap decoding with inference).")
     ] = DEFAULT_INSTANCES,
