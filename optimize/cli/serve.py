@@ -19,6 +19,7 @@ from optimize.serve import (
     ServeOptions,
     ServerInfo,
     check_ports_free,
+    default_onnx_for_serving,
     serve_model,
     served_model_from_files,
 )
@@ -93,6 +94,9 @@ def serve(
         instances=instances,
     )
     check_ports_free(host, options.ports())  # before the model loads: a clash is reported at once
+    if onnx is None and engine is None:
+        onnx = default_onnx_for_serving()
+        console.print(f"model: {onnx} (default: the bundled MediaPipe selfie segmentation model, exported)")
     model = served_model_from_files(onnx=onnx, engine=engine, backend=backend, threads=threads)
     console.print(f"starting Triton Inference Server for {model.source} ...")
     stats = serve_model(model, options, on_ready=print_ready)
