@@ -308,7 +308,9 @@ def default_onnx_for_serving(engines_dir: Path | None = None) -> Path:
     from optimize.onnx_model import lineage_of
 
     if not DEFAULT_MATTE_CHECKPOINT.is_file():
-        raise MoptError(f"no model given and the bundled {DEFAULT_MATTE_CHECKPOINT} is missing; pass --onnx or --engine")
+        raise MoptError(
+            f"no model given and the bundled {DEFAULT_MATTE_CHECKPOINT} is missing; pass --onnx or --engine"
+        )
     target = (engines_dir or ENGINES_DIR) / f"{DEFAULT_MATTE_CHECKPOINT.stem}.onnx"
     if not target.is_file() or lineage_of(target) != file_sha256(DEFAULT_MATTE_CHECKPOINT):
         onnx_from_checkpoint(DEFAULT_MATTE_CHECKPOINT, target)
