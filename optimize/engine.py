@@ -39,7 +39,13 @@ from optimize.artifacts import ENGINES_DIR, derived_path, latest_fp32_onnx
 from optimize.deps import install_hint
 from optimize.errors import MoptError
 from optimize.fileio import atomic_output, file_sha256, write_json
-from optimize.profiles import DEFAULT_PROFILE, ShapeProfile, onnx_input_dims, validate_profiles
+from optimize.profiles import (
+    DEFAULT_PROFILE,
+    ShapeProfile,
+    onnx_input_dims,
+    profile_for_fixed_dims,
+    validate_profiles,
+)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 ROUTES = ("graph", "builder-flag")
@@ -746,8 +752,12 @@ def engine_from_onnx(
         calib_path,
         calib_synthetic,
     )
-    profiles = tuple(profiles) if profiles else (DEFAULT_PROFILE,)
-    validate_profiles(profiles, onnx_input_dims(onnx)[1], model=str(onnx))
+    from optimize.onnx_model import card_of_onnx
+
+    dims = onnx_input_dims(onnx)[1]
+    # A model of one size (or a fixed batch) gets the default profile pinned to it; given profiles are checked.
+    profiles = tuple(profiles) if profiles else (profile_for_fixed_dims(DEFAULT_PROFILE, dims),)
+    validate_profiles(profiles, dims, model=str(onnx), multiple=card_of_onnx(onnx).size.multiple)
 
     # Only now the machine: every mistake in the request is reported first, even where TensorRT cannot run.
     machine = gpu_environment()

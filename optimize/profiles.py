@@ -172,15 +172,26 @@ def onnx_input_dims(onnx_path: str | Path) -> tuple[str, list[int | str]]:
     return value.name, dims
 
 
+def profile_for_fixed_dims(profile: ShapeProfile, input_dims: Sequence[int | str]) -> ShapeProfile:
+    """``profile`` with every dim the model fixes (a fixed H x W, a fixed batch) set to the model's value."""
+
+    def fit(shape: Shape) -> Shape:
+        return tuple(fixed if isinstance(fixed, int) and fixed > 0 else d for d, fixed in zip(shape, input_dims))
+
+    return ShapeProfile(fit(profile.min), fit(profile.opt), fit(profile.max))
+
+
 def validate_profiles(
-    profiles: Sequence[ShapeProfile], input_dims: Sequence[int | str], model: str = "the ONNX"
+    profiles: Sequence[ShapeProfile], input_dims: Sequence[int | str], model: str = "the ONNX", multiple: int = 1
 ) -> None:
-    """Check profiles against the ONNX input: same rank, and a fixed dim is the same in min, opt and max.
+    """Check profiles against the ONNX input: same rank, a fixed dim the same in min, opt and max, and H and W
+    multiples of what the model needs.
 
     Args:
         profiles: the profiles to build.
         input_dims: from :func:`onnx_input_dims` (ints fixed, strings dynamic).
         model: how to name the model in messages (its path).
+        multiple: the model card's size multiple (an encoder's output stride).
 
     Raises:
         MoptError: naming the profile, the dim, the model's value and the fix.
@@ -209,3 +220,12 @@ def validate_profiles(
                     f"{_label(index if len(profiles) > 1 else None)}: {name} (dim {dim}) is fixed to {fixed} in "
                     f"{model} but the profile asks {lo}..{hi}: {fix}set the {name} to {fixed} in --min, --opt and --max"
                 )
+        if multiple > 1:
+            for which, shape in (("min", profile.min), ("opt", profile.opt), ("max", profile.max)):
+                if shape[2] % multiple or shape[3] % multiple:
+                    near = (*shape[:2], *(max(multiple, round(d / multiple) * multiple) for d in shape[2:]))
+                    raise MoptError(
+                        f"{_label(index if len(profiles) > 1 else None)}: --{which} {format_shape(shape)} has H x W "
+                        f"{shape[2]}x{shape[3]}, but {model} needs multiples of {multiple} (its model card): use e.g. "
+                        f"{format_shape(near)}"
+                    )

@@ -129,3 +129,22 @@ def test_unreadable_onnx_is_a_user_error(tmp_path: Path) -> None:
     bad.write_bytes(b"not a model")
     with pytest.raises(MoptError, match="not a readable ONNX model"):
         onnx_input_dims(bad)
+
+
+def test_a_fixed_size_model_gets_the_default_profile_pinned_to_its_size() -> None:
+    from optimize.profiles import DEFAULT_PROFILE, profile_for_fixed_dims
+
+    pinned = profile_for_fixed_dims(DEFAULT_PROFILE, ["batch", 3, 320, 320])
+    assert pinned.min[2:] == pinned.opt[2:] == pinned.max[2:] == (320, 320)
+    assert pinned.min[0] == DEFAULT_PROFILE.min[0] and pinned.max[0] == DEFAULT_PROFILE.max[0]
+    validate_profiles([pinned], ["batch", 3, 320, 320])  # now it fits
+    with pytest.raises(MoptError, match="fixed to 320"):
+        validate_profiles([DEFAULT_PROFILE], ["batch", 3, 320, 320])
+
+
+def test_profile_sizes_must_be_multiples_of_the_cards_size_multiple() -> None:
+    ok = ShapeProfile((1, 3, 256, 256), (4, 3, 512, 512), (8, 3, 1024, 1024))
+    validate_profiles([ok], ["batch", 3, "height", "width"], multiple=32)
+    odd = ShapeProfile((1, 3, 250, 256), (4, 3, 512, 512), (8, 3, 1024, 1024))
+    with pytest.raises(MoptError, match=r"--min 1x3x250x256 .* multiples of 32 .* 1x3x256x256"):
+        validate_profiles([odd], ["batch", 3, "height", "width"], model="m.onnx", multiple=32)
