@@ -91,3 +91,11 @@ def test_compare_bad_images_folder(work, tiny_checkpoint, tiny_onnx):
 
 def test_main_module_entry_point_matches_console_script():
     assert Path(sys.executable).parent.joinpath("mopt").exists()
+
+
+def test_bench_named_path_or_backend_that_cannot_run_is_an_error(work, tiny_checkpoint):
+    missing = run_mopt("bench", "--onnx", "nonexist.onnx", "--backend", "onnxruntime", cwd=work)
+    assert_one_line_error(missing, "nonexist.onnx", "does not exist")
+    assert_one_line_error(run_mopt("bench", "-c", work / "nope.pth", cwd=work), "nope.pth", "does not exist")
+    # No engine and (here) no GPU: the named backend is refused with its reason, before any measurement.
+    assert_one_line_error(run_mopt("bench", "-c", tiny_checkpoint, "--backend", "tensorrt", cwd=work), "tensorrt")
