@@ -145,7 +145,7 @@ def run_pipeline(
         from optimize.precision import fp16_onnx_from_onnx
 
         recipe = recipe_for("fp16")
-        state.fp16 = Path(fp16_onnx_from_onnx(state.simplified, recipe=recipe))
+        state.fp16 = Path(fp16_onnx_from_onnx(state.simplified, recipe=recipe, force=True))
         kept = f", FP32 nodes from {recipe}" if recipe else ""
         return f"ModelOpt AutoCast, I/O kept FP32{kept}, verified in ONNX Runtime", state.fp16
 
@@ -156,7 +156,8 @@ def run_pipeline(
         recipe = recipe_for("int8")
         # Calibrate at the size the model is compared and benchmarked at: activation ranges depend on the
         # input scale, and a recipe made at that size assumes them.
-        calibration = {"calib_size": s.size, "size": s.size, "recipe": recipe}
+        # force: the pipeline re-makes its own artifacts (a new checkpoint or recipe replaces the old INT8).
+        calibration = {"calib_size": s.size, "size": s.size, "recipe": recipe, "force": True}
         if s.calibration_images is not None:
             state.int8 = Path(int8_onnx_from_onnx(state.simplified, calib_dir=s.calibration_images, **calibration))
             source = f"calibrated on {s.calibration_images}"
