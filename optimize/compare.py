@@ -9,8 +9,9 @@ NaN or Inf.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from optimize.backends import InferenceBackend, ModelSources, available_backends
 from optimize.card import ModelCard, Normalization
 from optimize.errors import MoptError
 from optimize.export import INPUT_NAME, OUTPUT_NAME
+from optimize.fileio import file_sha256
 from optimize.images import inputs_from_folder, synthetic_inputs
 from optimize.metrics import matte_metrics
 from optimize.runners import BackendRunner
@@ -59,6 +61,7 @@ class Candidate:
     name: str
     precision: str
     make_backend: Callable[[], InferenceBackend]
+    model: Path | None = None  # the file it runs (checkpoint, ONNX or engine), recorded in the report
 
 
 @dataclass
@@ -81,6 +84,8 @@ class CandidateResult:
     inference_ms: float
     failures: list[str] = field(default_factory=list)
     psnr: float = math.nan  # image-to-image models: the matte metrics do not apply, PSNR does
+    model: str | None = None  # the file the candidate ran
+    sha256: str | None = None  # of that file: two reports can be told apart even when the paths match
 
 
 @dataclass
@@ -89,11 +94,15 @@ class CompareReport:
     reference: str
     candidates: list[CandidateResult]
     inputs: dict
+    reference_model: str | None = None
+    reference_sha256: str | None = None
 
     def to_dict(self) -> dict:
         return {
             "passed": self.passed,
             "reference": self.reference,
+            "reference_model": self.reference_model,
+            "reference_sha256": self.reference_sha256,
             "inputs": self.inputs,
             "tolerances": {k: asdict(v) for k, v in PRECISION_TOLERANCES.items()},
             "candidates": [asdict(c) for c in self.candidates],
@@ -207,6 +216,8 @@ def compare_models(
                 nonfinite=nonfinite,
                 inference_ms=float(np.median(times) * 1e3) if times else math.nan,
                 failures=failures,
+                model=str(cand.model) if cand.model else None,
+                sha256=_sha256_or_none(cand.model),
                 **metrics,
             )
         )
@@ -215,7 +226,13 @@ def compare_models(
         reference=reference.name,
         candidates=results,
         inputs=input_description or {},
+        reference_model=str(reference.model) if reference.model else None,
+        reference_sha256=_sha256_or_none(reference.model),
     )
+
+
+def _sha256_or_none(path: Path | None) -> str | None:
+    return file_sha256(path) if path is not None and Path(path).is_file() else None
 
 
 REFERENCE_BACKEND = "torch"
@@ -232,13 +249,44 @@ def candidates_from_sources(
     """
     skipped: list[dict] = []
     names = list(backends or [n for n in backend_names() if n != REFERENCE_BACKEND])
-    candidates = [Candidate(b.name, b.precision, lambda b=b: b) for b in available_backends(names, sources, skipped)]
-    return candidates, skipped
+    candidates = []
+    for name in names:
+        # Backends of ONNX files get one file at a time, so that each candidate knows the file it runs.
+        for model, single in _model_sources(name, sources):
+            built = available_backends([name], single, skipped)
+            candidates += [Candidate(b.name, b.precision, lambda b=b: b, model) for b in built]
+    unique_skipped = list({(s["backend"], s["reason"]): s for s in skipped}.values())
+    return _named_by_file(candidates), unique_skipped
+
+
+def _model_sources(name: str, sources: ModelSources) -> list[tuple[Path | None, ModelSources]]:
+    """``(file, sources)`` pairs to build backend ``name`` from: one per ONNX for an ONNX backend."""
+    if name == REFERENCE_BACKEND or name.startswith("torch-"):
+        return [(sources.checkpoint, sources)]
+    if name == "tensorrt":
+        return [(sources.engine, sources)]
+    if not sources.onnx:
+        return [(None, sources)]  # the backend says why it cannot run without one
+    return [(path, replace(sources, onnx=[path])) for path in sources.onnx]
+
+
+def _named_by_file(candidates: list[Candidate]) -> list[Candidate]:
+    """Candidates whose names clash are named by their file: ``onnxruntime-cpu-fp32 (cvunet.sim.onnx)``."""
+    counts = Counter(c.name for c in candidates)
+    named = []
+    for c in candidates:
+        if counts[c.name] > 1 and c.model is not None:
+            same_file_name = sum(1 for o in candidates if o.name == c.name and o.model and o.model.name == c.model.name)
+            label = c.model.name if same_file_name == 1 else str(c.model)
+            c = replace(c, name=f"{c.name} ({label})")
+        named.append(c)
+    return named
 
 
 def reference_from_checkpoint(sources: ModelSources) -> Candidate:
     """PyTorch eager FP32 on the CPU, the model as trained."""
-    return Candidate("torch-cpu-fp32", "fp32", lambda: next(iter(backend_spec(REFERENCE_BACKEND).create(sources))))
+    make = lambda: next(iter(backend_spec(REFERENCE_BACKEND).create(sources)))  # noqa: E731
+    return Candidate("torch-cpu-fp32", "fp32", make, sources.checkpoint)
 
 
 def reference_from_onnx(path: Path, threads: int | None = None) -> Candidate:
@@ -246,7 +294,7 @@ def reference_from_onnx(path: Path, threads: int | None = None) -> Candidate:
     from optimize.backends import OnnxRuntimeBackend
 
     name = f"onnxruntime-cpu-fp32 ({Path(path).name})"
-    return Candidate(name, "fp32", lambda: OnnxRuntimeBackend(path, threads=threads, name=name))
+    return Candidate(name, "fp32", lambda: OnnxRuntimeBackend(path, threads=threads, name=name), Path(path))
 
 
 def batched_inputs(

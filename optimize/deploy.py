@@ -41,7 +41,8 @@ from typing import Any
 from optimize.deps import require
 from optimize.engine import ENGINE_SUFFIXES, engine_io_from_sidecar, read_sidecar, sidecar_path
 from optimize.errors import MoptError
-from optimize.fileio import file_sha256
+from optimize.fileio import atomic_output, file_sha256
+from optimize.identity import model_identity
 from optimize.onnx_model import read_metadata
 from optimize.profiles import ShapeProfile, format_shape, validate_profile
 from optimize.triton_releases import check_triton_release, triton_match
@@ -483,9 +484,11 @@ def triton_repository_from_model(
         version: model version folder.
         max_batch: see :func:`triton_config_from_spec`.
         max_queue_delay_us: dynamic batcher queue delay.
-        instance_kind: GPU (default) or CPU instances; CPU only for ONNX.
+        instance_kind: GPU or CPU instances (CPU only for ONNX); default :func:`default_instance_kind`.
         instances: instances per device.
-        force: replace an existing ``output_repo/<name>``.
+        force: replace what is in the way: the ``<version>`` folder of a model with the same I/O, or the whole
+            ``output_repo/<name>`` of another model. Without it, a new version is added beside existing ones of
+            a model with the same I/O, and anything else already there is refused.
         triton_version: the Triton release (``YY.MM``) that will serve the engine: refused unless its TensorRT
             is the engine's. ONNX models run in any Triton with the ONNX Runtime backend, so it is not checked.
 
@@ -501,20 +504,44 @@ def triton_repository_from_model(
         raise MoptError(f"--version must be a positive integer, got {version}")
     if triton_version is not None and spec.kind == "tensorrt":
         check_triton_release(triton_version, spec.tensorrt_version)
+    identity = model_identity(spec.path)
+    spec.metadata.update(
+        {f"mopt.model.{version}.{key}": str(value) for key, value in identity.to_dict().items() if key != "path"}
+    )
+    spec.metadata[f"mopt.model.{version}.file"] = spec.path.name
     config = triton_config_from_spec(
         spec,
         name=name,
         max_batch=max_batch,
         max_queue_delay_us=max_queue_delay_us,
-        instance_kind=instance_kind or InstanceKind.gpu,
+        instance_kind=instance_kind or default_instance_kind(spec),
         instances=instances,
     )
     repo = Path(output_repo)
     if repo.exists() and not repo.is_dir():
         raise MoptError(f"output repository {repo} is a file; give a folder (it may hold other models)")
     target = repo / name
-    if target.exists() and not force:
-        raise MoptError(f"{target} already exists; pass --force to replace it or choose another --name")
+    only_version = False  # True: the model stays, only its <version>/ folder and config.pbtxt are written
+    if target.exists():
+        existing = target / "config.pbtxt"
+        old = read_model_config(existing) if existing.is_file() else None
+        difference = config_difference(old, config) if old is not None else "it has no config.pbtxt"
+        if difference is not None and not force:
+            raise MoptError(
+                f"{target} already exists and serves another model ({difference}); pass --force to replace the "
+                f"whole model or choose another --name"
+            )
+        if difference is None:
+            if (target / str(version)).exists() and not force:
+                raise MoptError(
+                    f"{target / str(version)} already exists; pass --force to replace that version, or add this "
+                    f"model beside it with another --version"
+                )
+            only_version = True
+            # Older versions keep their own record (file, sha256, ...) in the config's parameters.
+            for key, value in old.parameters.items():
+                if key.startswith("mopt.model.") and not key.startswith(f"mopt.model.{version}."):
+                    config.parameters[key].string_value = value.string_value
     extra_files = _external_data_files(spec.path) if spec.kind == "onnxruntime" else []
 
     # Stage beside the repository (same file system, so the final rename is atomic) and outside it, so a
@@ -536,10 +563,58 @@ def triton_repository_from_model(
             shutil.copyfile(source, destination)
         (staged / "config.pbtxt").write_text(config_text(config, spec))
         repo.mkdir(parents=True, exist_ok=True)
-        _replace_dir(staged, target)
+        if only_version:
+            # The version folder first, then the config that describes it: each replaced in one rename.
+            _replace_dir(staged / str(version), target / str(version))
+            with atomic_output(target / "config.pbtxt") as tmp:
+                shutil.copyfile(staged / "config.pbtxt", tmp)
+        else:
+            _replace_dir(staged, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def default_instance_kind(spec: ModelSpec) -> InstanceKind:
+    """GPU instances for an engine, or for an ONNX when an NVIDIA GPU is visible here; else CPU instances.
+
+    A config asking for ``KIND_GPU`` does not load in a Triton without a GPU, so an ONNX deployed on a CPU-only
+    machine gets ``KIND_CPU`` unless the user names the kind (``--kind gpu`` for a GPU server elsewhere).
+    """
+    from optimize.engine import gpu_environment
+
+    if spec.kind == "tensorrt" or gpu_environment().gpu:
+        return InstanceKind.gpu
+    return InstanceKind.cpu
+
+
+def config_difference(old, new) -> str | None:
+    """What makes two model configs serve different models (backend, batch, tensors), ``None`` when compatible.
+
+    Versions of one Triton model share its config, so a new version can only join models with the same I/O;
+    batching delays, instance counts and parameters are settings, not part of the contract.
+    """
+    for field_name in ("backend", "platform", "max_batch_size"):
+        if getattr(old, field_name) != getattr(new, field_name):
+            return f"{field_name} {getattr(old, field_name)!r}, this one {getattr(new, field_name)!r}"
+    for role in ("input", "output"):
+        before = [(t.name, t.data_type, list(t.dims)) for t in getattr(old, role)]
+        after = [(t.name, t.data_type, list(t.dims)) for t in getattr(new, role)]
+        if before != after:
+            return f"{role} {_tensors_text(getattr(old, role))}, this one {_tensors_text(getattr(new, role))}"
+    return None
+
+
+def _tensors_text(tensors) -> str:
+    model_config_pb2 = _model_config_pb2()
+    return ", ".join(
+        f"{t.name} {model_config_pb2.DataType.Name(t.data_type)} [{format_shape(t.dims)}]" for t in tensors
+    )
+
+
+def instance_kind_name(config) -> str:
+    """``KIND_GPU`` or ``KIND_CPU``: where the config's first instance group runs."""
+    return _model_config_pb2().ModelInstanceGroup.Kind.Name(config.instance_group[0].kind)
 
 
 def describe_config(config) -> str:

@@ -252,7 +252,10 @@ def onnxruntime_cuda_reason() -> str | None:
     from onnx import TensorProto, helper
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return f"ONNX Runtime {ort.__version__} has no CUDA provider (install onnxruntime-gpu)"
+        return (
+            f"ONNX Runtime's CUDA provider is unavailable: CUDAExecutionProvider is not in "
+            f"onnxruntime.get_available_providers() of ONNX Runtime {ort.__version__} (install onnxruntime-gpu)"
+        )
     graph = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["y"])],
         "probe",
@@ -468,8 +471,26 @@ def _torch_cuda_reason(sources: ModelSources) -> str | None:
 def _onnxruntime_cuda_reason(sources: ModelSources) -> str | None:
     if not sources.onnx:
         return "no ONNX file given (run `mopt export` first)"
-    # The backend keeps its I/O on the device and times with CUDA events through PyTorch.
-    return cuda_unavailable_reason() or onnxruntime_cuda_reason()
+    return onnxruntime_cuda_unavailable_reason()
+
+
+def onnxruntime_cuda_unavailable_reason() -> str | None:
+    """Why the ``onnxruntime-cuda`` backend cannot run here, naming ONNX Runtime's CUDA provider first.
+
+    The provider is what a user asked for; PyTorch only supplies the device buffers and CUDA events the backend
+    times with, so a CPU build of torch is named last, and only when the provider itself would run.
+    """
+    from optimize.engine import gpu_environment
+
+    if not gpu_environment().gpu:
+        return "ONNX Runtime's CUDA provider is unavailable: no NVIDIA GPU on this machine"
+    reason = onnxruntime_cuda_reason()  # each of its answers names the provider and why
+    if reason:
+        return reason
+    torch_reason = cuda_unavailable_reason()
+    if torch_reason:
+        return f"ONNX Runtime's CUDA provider runs, but the backend times it with PyTorch CUDA events: {torch_reason}"
+    return None
 
 
 def tensorrt_backend_reason(sources: ModelSources) -> str | None:

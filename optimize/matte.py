@@ -230,6 +230,7 @@ def select_backend(
     sources: ModelSources,
     require_gpu: bool = False,
     preference: Sequence[str] = BACKEND_PREFERENCE,
+    fix: str = "pass --onnx, --engine or --checkpoint",
 ) -> BackendChoice:
     """Load the fastest backend that can run ``sources`` here.
 
@@ -240,6 +241,7 @@ def select_backend(
             when its kind of file is there.
         require_gpu: refuse to fall back to a backend that runs on the CPU.
         preference: registry names to try, best first.
+        fix: what the error tells the user to do when nothing can run (the command's own options).
 
     Raises:
         MoptError: nothing can run (no usable model file), or ``require_gpu`` and no GPU backend can.
@@ -283,7 +285,7 @@ def select_backend(
     why = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
     if require_gpu:
         raise MoptError(f"--require-gpu: no GPU backend can run here ({why}); drop --require-gpu to run on the CPU")
-    raise MoptError(f"no backend can run the model ({why}); pass --onnx, --engine or --checkpoint")
+    raise MoptError(f"no backend can run the model ({why}); {fix}")
 
 
 # --- the report ------------------------------------------------------------------------------------

@@ -145,9 +145,10 @@ def run_pipeline(
         from optimize.precision import fp16_onnx_from_onnx
 
         recipe = recipe_for("fp16")
-        # Verified on the images the job runs on (the user's, else generated composites), at its size.
+        # Verified on the images the job runs on (the user's, else generated composites), at its size; force:
+        # the pipeline re-makes its own artifacts.
         state.fp16 = Path(
-            fp16_onnx_from_onnx(state.simplified, recipe=recipe, images=s.calibration_images, size=s.size)
+            fp16_onnx_from_onnx(state.simplified, recipe=recipe, images=s.calibration_images, size=s.size, force=True)
         )
         kept = f", FP32 nodes from {recipe}" if recipe else ""
         on = s.calibration_images or "generated composites"
@@ -160,7 +161,9 @@ def run_pipeline(
         recipe = recipe_for("int8")
         # Calibrate at the size the model is compared and benchmarked at: activation ranges depend on the
         # input scale, and a recipe made at that size assumes them.
+        # force: the pipeline re-makes its own artifacts (a new checkpoint or recipe replaces the old INT8).
         calibration = {"calib_size": s.size, "size": s.size, "recipe": recipe, "images": s.calibration_images}
+        calibration["force"] = True
         if s.calibration_images is not None:
             state.int8 = Path(int8_onnx_from_onnx(state.simplified, calib_dir=s.calibration_images, **calibration))
             source = f"calibrated on {s.calibration_images}"

@@ -38,7 +38,9 @@ from optimize.verification import (
     DEFAULT_VERIFY_COUNT,
     AccuracyCheck,
     accuracy_check,
+    refuse_changed_overwrite,
     verification_inputs,
+    verification_record,
     worst_metrics,
 )
 
@@ -286,6 +288,7 @@ def fp16_conversion_from_onnx(
     max_abs: float = FP16_MAX_ABS,
     mad: float = FP16_MAD,
     threads: int | None = None,
+    force: bool = False,
 ) -> Fp16Result:
     """Convert an FP32 ONNX to FP16 (AutoCast, I/O FP32) and prove its mattes stay within the budget.
 
@@ -299,10 +302,12 @@ def fp16_conversion_from_onnx(
         max_abs: largest accepted |alpha difference| against the FP32 model.
         mad: largest accepted mean absolute difference.
         threads: ONNX Runtime CPU threads.
+        force: replace an existing ``output`` made with other settings (another source or other FP32 nodes).
 
     Raises:
         MoptError: unreadable or already reduced input, a recipe that does not fit, conversion failure, a
-            dynamic dim that became fixed, no FP16 compute left, or mattes over the budget. Nothing is written then.
+            dynamic dim that became fixed, no FP16 compute left, mattes over the budget, or an existing output made
+            with other settings (without ``force``). Nothing is written then.
     """
     from optimize.recipe import load_recipe, recipe_exclusions
 
@@ -335,6 +340,18 @@ def fp16_conversion_from_onnx(
             f"FP16 conversion of {onnx_path} left every node in FP32 (the recipe or AutoCast's rules keep them all); "
             "not written"
         )
+    settings = {"mopt.source_onnx_sha256": file_sha256(onnx_path), "mopt.fp16_kept_fp32": json.dumps(kept)}
+    refuse_changed_overwrite(output, settings, force)
+    checks = fp16_checks(onnx_path, converted, inputs, threads=threads)
+    worst = worst_metrics(checks)
+    if not (worst["max_abs"] <= max_abs and worst["mad"] <= mad):
+        culprit = max(checks, key=lambda c: c.mad)
+        raise MoptError(
+            f"FP16 mattes differ from FP32 by max abs {worst['max_abs']:.2e} (budget {max_abs:.0e}), "
+            f"MAD {worst['mad']:.2e} (budget {mad:.0e}) on {culprit.label} ({description['count']} "
+            f"{description['images']} at {description['size']}); not written: find the nodes to keep in FP32 with "
+            f"`mopt debug precision {onnx_path} --fp16 -o recipe.json`, then pass --recipe recipe.json"
+        )
     meta = {p.key: p.value for p in source.metadata_props}
     set_metadata(
         converted,
@@ -342,21 +359,12 @@ def fp16_conversion_from_onnx(
             **meta,
             "mopt.precision": "fp16",
             "mopt.version": __version__,
-            "mopt.source_onnx_sha256": file_sha256(onnx_path),
-            "mopt.fp16_kept_fp32": json.dumps(kept),
+            **settings,
+            "mopt.verification": json.dumps(verification_record(description, checks)),
         },
     )
     with atomic_output(output) as tmp:
         onnx.save(converted, str(tmp))
-        checks = fp16_checks(onnx_path, converted, inputs, threads=threads)
-        worst = worst_metrics(checks)
-        if not (worst["max_abs"] <= max_abs and worst["mad"] <= mad):
-            culprit = max(checks, key=lambda c: c.mad)
-            raise MoptError(
-                f"FP16 mattes differ from FP32 by max abs {worst['max_abs']:.2e} (budget {max_abs:.0e}), "
-                f"MAD {worst['mad']:.2e} (budget {mad:.0e}) on {culprit.label}; not written: find the nodes to keep "
-                f"in FP32 with `mopt debug precision {onnx_path} --fp16 -o recipe.json`, then pass --recipe recipe.json"
-            )
         ort_nodes = ort_cpu_fp16_compute(tmp)
     return Fp16Result(
         path=output,

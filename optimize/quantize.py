@@ -52,7 +52,9 @@ from optimize.verification import (
     DEFAULT_VERIFY_COUNT,
     AccuracyCheck,
     accuracy_check,
+    refuse_changed_overwrite,
     verification_inputs,
+    verification_record,
     worst_metrics,
 )
 
@@ -438,6 +440,7 @@ def int8_quantization_from_onnx(
     mad: float = INT8_MAD,
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    force: bool = False,
 ) -> Int8Result:
     """Quantize an FP32 ONNX to INT8 Q/DQ, calibrated on images, and prove its mattes stay within the budget.
 
@@ -452,12 +455,14 @@ def int8_quantization_from_onnx(
         recipe: a ``mopt debug precision --int8`` recipe: its nodes stay in FP32.
         calib_size: calibration ``(height, width)``; the model's fixed size or 256 x 256 when None.
         calib_limit: at most this many images of ``calib_dir``.
-        images: folder to verify the result on; synthetic composites (not the calibration ones) when None.
-        size: verification ``(height, width)``.
+        images: folder to verify the result on; ``calib_dir`` when None (the user's own images), synthetic
+            composites (other than the calibration ones) when that is None too.
+        size: verification ``(height, width)``: the deployment size; the model's fixed size or 512 x 512 when None.
         count: verification images.
         mad: largest accepted mean absolute difference from the FP32 model.
         threads: ONNX Runtime CPU threads for the verification.
         progress: called with ``(images calibrated, total)``.
+        force: replace an existing ``output`` made with other settings (source, calibration, FP32 nodes).
 
     Raises:
         MoptError: bad model, bad or missing calibration input, a recipe that does not fit, a dynamic dim that
@@ -494,7 +499,9 @@ def int8_quantization_from_onnx(
         calibration = calibration_set_from_folder(calib_dir, onnx_path, calib_size, calib_limit)
     else:
         calibration = calibration_set_from_synthetic(int(synthetic), onnx_path, calib_size)  # type: ignore[arg-type]
-    inputs, description = verification_inputs(onnx_path, images, size, count)
+    # Verified on what the user gave: the calibration folder unless other --images are named.
+    verify_on = images if images is not None else calib_dir
+    inputs, description = verification_inputs(onnx_path, verify_on, size, count)
     ranges, status = calibration_ranges_cached(onnx_path, calibration, method, cache_path, progress)
 
     quantized_model = qdq_model_from_ranges(onnx_path, ranges, exclude)
@@ -505,6 +512,23 @@ def int8_quantization_from_onnx(
     running_int8 = quantized_nodes(quantized_model)
     if not running_int8:
         raise MoptError(f"quantization of {onnx_path} left no node in INT8 (the recipe keeps them all); not written")
+    settings = {
+        "mopt.source_onnx_sha256": file_sha256(onnx_path),
+        "mopt.int8_calibration": json.dumps({"method": method, **calibration.description}),
+        "mopt.int8_kept_fp32": json.dumps(exclude),
+    }
+    refuse_changed_overwrite(output, settings, force)
+    reference = run_onnx(onnx_path, inputs, threads=threads, label="FP32 model")
+    check = accuracy_check(
+        reference, run_onnx(quantized_model, inputs, threads=threads, label="INT8 model"), "onnxruntime-cpu"
+    )
+    if not check.mad <= mad:
+        raise MoptError(
+            f"INT8 mattes differ from FP32 by MAD {check.mad:.2e} (budget {mad:.0e}, max abs {check.max_abs:.2e}) "
+            f"on {description['count']} {description['images']} at {description['size']}; not written: try "
+            "--method entropy or percentile, more calibration images, or find the nodes to keep in FP32 with "
+            f"`mopt debug precision {onnx_path} --int8 -o recipe.json` and pass --recipe recipe.json"
+        )
     meta = {p.key: p.value for p in source.metadata_props}
     set_metadata(
         quantized_model,
@@ -512,21 +536,12 @@ def int8_quantization_from_onnx(
             **meta,
             "mopt.precision": "int8",
             "mopt.version": __version__,
-            "mopt.source_onnx_sha256": file_sha256(onnx_path),
-            "mopt.int8_calibration": json.dumps({"method": method, **calibration.description}),
-            "mopt.int8_kept_fp32": json.dumps(exclude),
+            **settings,
+            "mopt.verification": json.dumps(verification_record(description, [check])),
         },
     )
     with atomic_output(output) as tmp:
         onnx.save(quantized_model, str(tmp))
-        reference = run_onnx(onnx_path, inputs, threads=threads, label="FP32 model")
-        check = accuracy_check(reference, run_onnx(tmp, inputs, threads=threads, label="INT8 model"), "onnxruntime-cpu")
-        if not check.mad <= mad:
-            raise MoptError(
-                f"INT8 mattes differ from FP32 by MAD {check.mad:.2e} (budget {mad:.0e}, max abs {check.max_abs:.2e}); "
-                "not written: try --method entropy or percentile, more calibration images, or find the nodes to keep "
-                f"in FP32 with `mopt debug precision {onnx_path} --int8 -o recipe.json` and pass --recipe recipe.json"
-            )
     return Int8Result(
         path=output,
         method=method,

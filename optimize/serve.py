@@ -32,6 +32,7 @@ import os
 import signal
 import socket
 import sysconfig
+import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -48,6 +49,7 @@ from optimize.card import ModelCard, Normalization, input_card
 from optimize.deploy import validate_model_name
 from optimize.deps import require
 from optimize.errors import MoptError
+from optimize.identity import ModelIdentity, model_identity
 from optimize.images import (
     DECODE_FORMATS,
     DecodedImage,
@@ -289,6 +291,7 @@ class ServedModel:
 
     choice: BackendChoice
     source: Path
+    identity: ModelIdentity | None = None  # path, sha256, architecture, precision of ``source``
 
     @property
     def backend(self) -> InferenceBackend:
@@ -342,6 +345,9 @@ def served_model_from_files(
     source = Path(engine or onnx)  # type: ignore[arg-type]
     if not source.is_file():
         raise MoptError(f"model {source} does not exist; pass the path of an ONNX model or a TensorRT engine")
+    # Read first: a file that is no ONNX (or an engine without a readable sidecar) is named as such, before
+    # backends are tried and each reports its own failure.
+    identity = model_identity(source)
     if engine is not None:
         from optimize.deploy import read_engine_sidecar
 
@@ -355,7 +361,8 @@ def served_model_from_files(
     else:
         sources = ModelSources(onnx=[source], threads=threads)
         preference = (backend,) if backend else tuple(n for n in BACKEND_PREFERENCE if n not in ("tensorrt", "torch"))
-    return ServedModel(select_backend(sources, preference=preference), source)
+    fix = "serve another model with --onnx or --engine, or name a backend that runs here with --backend"
+    return ServedModel(select_backend(sources, preference=preference, fix=fix), source, identity)
 
 
 # --- the server ---------------------------------------------------------------------------------------------
@@ -374,6 +381,12 @@ class ServeOptions:
     max_queue_delay_ms: float = DEFAULT_MAX_QUEUE_DELAY_MS
     max_side: int | None = None  # None: the model card's preferred side, else DEFAULT_MAX_SIDE
     instances: int = DEFAULT_INSTANCES
+    log_file: Path | None = None  # Triton's log (default: <tmp>/mopt-serve-<port>.log)
+    verbose: bool = False  # Triton's log on the console instead of the file
+
+    def triton_log_file(self) -> Path:
+        """Where Triton's own log goes unless ``verbose``."""
+        return self.log_file or Path(tempfile.gettempdir()) / f"mopt-serve-{self.port}.log"
 
     def ports(self) -> dict[str, int]:
         return {
@@ -485,6 +498,7 @@ class ServerInfo:
     backend: str
     max_batch: int
     notes: list[str]
+    log_file: Path | None = None  # where Triton's own log goes (None: the console, with --verbose)
 
 
 def _start_triton(config: Any, bind: Callable[[Any], list[str]], stop: threading.Event) -> tuple[Any, list[str]]:
@@ -560,6 +574,13 @@ def serve_model(
         ensure_python_library_path()
         from pytriton.triton import TritonConfig
 
+        from optimize.engine import gpu_environment
+
+        log_file = options.triton_log_file()
+        if not options.verbose:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            log_file.write_text("")  # this run's log only: Triton appends
+
         config = TritonConfig(
             http_address=options.host,
             http_port=ports["HTTP"],
@@ -569,11 +590,20 @@ def serve_model(
             metrics_port=ports["metrics"],
             exit_timeout_secs=EXIT_TIMEOUT_S,
             log_verbose=0,
+            # Triton's start-up log is ~70 lines, some starting with "E" or "Error:" on a healthy CPU machine
+            # (no CUDA, no NVML): it goes to a file the summary names, unless the user asked to see it.
+            log_file=None if options.verbose else log_file,
+            allow_gpu_metrics=gpu_environment().gpu,
         )
         previous = _install_stop_handlers(stop)
-        triton, models = _start_triton(
-            config, lambda server: _bind_models(server, predictor, options, max_batch, preferred), stop
-        )
+        try:
+            triton, models = _start_triton(
+                config, lambda server: _bind_models(server, predictor, options, max_batch, preferred), stop
+            )
+        except MoptError as exc:
+            if options.verbose:
+                raise
+            raise MoptError(f"{exc} (Triton's log: {log_file})") from exc
         host = f"[{options.host}]" if ":" in options.host else options.host
         info = ServerInfo(
             url=f"http://{host}:{ports['HTTP']}",
@@ -583,6 +613,7 @@ def serve_model(
             backend=model.choice.describe(),
             max_batch=max_batch,
             notes=list(model.choice.notes),
+            log_file=None if options.verbose else log_file,
         )
         if on_ready is not None:
             on_ready(info)
@@ -590,7 +621,8 @@ def serve_model(
             if not triton.is_alive():
                 if stop.wait(0.2):  # a Ctrl-C reaches tritonserver too and may stop it first
                     break
-                raise MoptError("Triton Inference Server stopped unexpectedly; see its log lines above")
+                where = "its log lines above" if options.verbose else f"its log in {log_file}"
+                raise MoptError(f"Triton Inference Server stopped unexpectedly; see {where}")
     finally:
         if triton is not None:
             triton.stop()
@@ -825,6 +857,7 @@ def serve_load_from_url(
     model: str = DEFAULT_MODEL_NAME,
     warmup: int = 2,
     timeout_s: float = 120.0,
+    on_level: Callable[[int, LoadResult | None], None] | None = None,
 ) -> list[LoadResult]:
     """Load a running server with ``c`` clients in parallel, for each ``c`` in ``concurrency``.
 
@@ -842,6 +875,8 @@ def serve_load_from_url(
         model: the encoded-image model's name.
         warmup: untimed requests per client before each level.
         timeout_s: network timeout of one request.
+        on_level: called with ``(clients, None)`` when a level starts and ``(clients, result)`` when it ends,
+            so that a caller can show progress (a level may take its whole ``duration_s``).
 
     Raises:
         MoptError: no payloads, bad budgets, no ready server at ``url``, or every request failing.
@@ -854,10 +889,14 @@ def serve_load_from_url(
         raise MoptError("--requests, --duration and every --concurrency level must be positive")
     wait_for_server(url, model, timeout_s=10.0)
     address = _client_url(url)
-    return [
-        _LoadLevel(http, address, model, payloads, clients, requests, warmup, timeout_s).run(duration_s)
-        for clients in concurrency
-    ]
+    results = []
+    for clients in concurrency:
+        if on_level is not None:
+            on_level(clients, None)
+        results.append(_LoadLevel(http, address, model, payloads, clients, requests, warmup, timeout_s).run(duration_s))
+        if on_level is not None:
+            on_level(clients, results[-1])
+    return results
 
 
 def load_report(results: Sequence[LoadResult], settings: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ the same inputs (the user's images at the deployment size, else generated compos
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import numpy as np
 from optimize.errors import MoptError
 from optimize.onnx_model import card_of_onnx
 
-DEFAULT_VERIFY_SIZE = (256, 256)
+DEFAULT_VERIFY_SIZE = (512, 512)  # the deployment size of mopt's models unless the card fixes one
 DEFAULT_VERIFY_COUNT = 4
 
 
@@ -32,7 +33,7 @@ def verification_inputs(
     Args:
         onnx_path: the FP32 model; its card's preprocessing and size rule are used.
         images: folder of real images; the built-in synthetic composites when None.
-        size: ``(height, width)``; the model's fixed size, else 256 x 256 (fitted to its size rule), when None.
+        size: ``(height, width)``; the model's fixed size, else 512 x 512 (fitted to its size rule), when None.
         count: number of images.
         seed: synthetic composite seed.
 
@@ -97,3 +98,49 @@ def worst_metrics(checks: Sequence[AccuracyCheck]) -> dict[str, float]:
     return {k: max(c.metrics()[k] for c in checks) for k in ("mad", "max_abs", "mse")}
 
 
+
+
+def verification_record(description: dict, checks: Sequence[AccuracyCheck]) -> dict:
+    """What a verdict was reached on (images, count, size) and what it measured, for the model's metadata."""
+    return {**description, "checks": {c.label: c.metrics() for c in checks}}
+
+
+def refuse_changed_overwrite(output: Path, settings: dict[str, str], force: bool) -> None:
+    """Refuse to replace an existing model that was made with other settings, unless ``force``.
+
+    Args:
+        output: the file about to be written.
+        settings: metadata key -> the value this run records (e.g. the nodes kept in FP32, the source's hash).
+        force: replace it anyway.
+
+    Raises:
+        MoptError: ``output`` exists and one of ``settings`` differs; the message names the first difference.
+    """
+    from optimize.onnx_model import read_metadata
+
+    if force or not output.is_file():
+        return
+    try:
+        existing = read_metadata(output)
+    except MoptError:
+        existing = {}
+    for key, value in settings.items():
+        before = existing.get(key)
+        if before != value:
+            raise MoptError(
+                f"{output} exists and was made with other settings ({key}: {_short(before)}, this run: "
+                f"{_short(value)}); pass --force to replace it or choose another -o"
+            )
+
+
+def _short(value: str | None) -> str:
+    if value is None:
+        return "not recorded"
+    try:
+        data = json.loads(value)
+    except ValueError:
+        data = value
+    if isinstance(data, list):
+        return f"{len(data)} nodes kept in FP32" if len(data) != 1 else "1 node kept in FP32"
+    text = str(value)
+    return text[:12] if len(text) == 64 else text[:60]  # a sha256: its prefix says enough

@@ -91,3 +91,56 @@ def test_compare_bad_images_folder(work, tiny_checkpoint, tiny_onnx):
 
 def test_main_module_entry_point_matches_console_script():
     assert Path(sys.executable).parent.joinpath("mopt").exists()
+
+
+def test_bench_named_path_or_backend_that_cannot_run_is_an_error(work, tiny_checkpoint):
+    missing = run_mopt("bench", "--onnx", "nonexist.onnx", "--backend", "onnxruntime", cwd=work)
+    assert_one_line_error(missing, "nonexist.onnx", "does not exist")
+    assert_one_line_error(run_mopt("bench", "-c", work / "nope.pth", cwd=work), "nope.pth", "does not exist")
+    # No engine and (here) no GPU: the named backend is refused with its reason, before any measurement.
+    assert_one_line_error(run_mopt("bench", "-c", tiny_checkpoint, "--backend", "tensorrt", cwd=work), "tensorrt")
+
+
+def _photos(folder, count=3):
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (40 + i, 56, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_quantize_verifies_on_the_calibration_images_at_the_deployment_size(work, tiny_simplified_onnx):
+    import json
+
+    from optimize.onnx_model import read_metadata
+
+    photos = _photos(work / "photos")
+    out = work / "q.int8.onnx"
+    result = run_mopt("quantize", tiny_simplified_onnx, "--int8", "--calib", photos, "--calib-size", "64x64",
+                      "--count", "2", "-o", out, cwd=work)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert f"INT8 vs FP32 (ONNX Runtime CPU, 2 {photos}, 512x512)" in text, text  # not 4 synthetic at 256x256
+    recorded = json.loads(read_metadata(out)["mopt.verification"])
+    assert recorded["images"] == str(photos) and recorded["size"] == "512x512" and recorded["count"] == 2
+    assert "onnxruntime-cpu" in recorded["checks"]
+
+
+def test_convert_precision_refuses_to_overwrite_a_model_made_with_other_settings(work, tiny_onnx, tiny_simplified_onnx):
+    out = work / "m.fp16.onnx"
+    args = ("--fp16", "--size", "64x64", "--count", "1", "-o", out)
+    first = run_mopt("convert-precision", tiny_onnx, *args, cwd=work)
+    assert first.returncode == 0, first.stderr
+    assert "1 synthetic composites, 64x64" in " ".join(first.stdout.split())
+    before = out.read_bytes()
+    assert run_mopt("convert-precision", tiny_onnx, *args, cwd=work).returncode == 0  # same settings: rewritten
+    other = run_mopt("convert-precision", tiny_simplified_onnx, *args, cwd=work)
+    assert_one_line_error(other, "m.fp16.onnx exists and was made with other settings", "mopt.source_onnx_sha256",
+                          "--force")
+    assert out.read_bytes() == before
+    forced = run_mopt("convert-precision", tiny_simplified_onnx, *args, "--force", cwd=work)
+    assert forced.returncode == 0, forced.stderr
+    assert out.read_bytes() != before

@@ -113,3 +113,42 @@ def test_cli_exit_codes_and_json(tiny_checkpoint, tiny_simplified_onnx, tmp_path
     failed = runner.invoke(compare_cli.app, [*args, "--onnx", str(bad)])
     assert failed.exit_code == 1
     assert "FAIL" in failed.output
+
+
+def test_two_onnx_of_one_precision_are_named_by_file_and_the_json_says_which_file_ran(
+    tiny_checkpoint, tiny_onnx, tiny_simplified_onnx, tmp_path
+):
+    from optimize.fileio import file_sha256
+
+    out = tmp_path / "c.json"
+    args = ["--checkpoint", str(tiny_checkpoint), "--size", "64x48", "--count", "2", "--json", str(out)]
+    result = CliRunner().invoke(compare_cli.app, [*args, "--onnx", str(tiny_onnx), "--onnx", str(tiny_simplified_onnx)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["reference_model"] == str(tiny_checkpoint) and data["reference_sha256"] == file_sha256(tiny_checkpoint)
+    by_name = {c["name"]: c for c in data["candidates"]}
+    for path in (tiny_onnx, tiny_simplified_onnx):
+        candidate = by_name[f"onnxruntime-cpu-fp32 ({path.name})"]
+        assert candidate["model"] == str(path) and candidate["sha256"] == file_sha256(path)
+
+
+def test_the_table_fits_80_columns_with_tolerances_and_failures_below(tiny_checkpoint, tiny_simplified_onnx, tmp_path):
+    from rich.console import Console
+
+    ref = reference_from_checkpoint(ModelSources(checkpoint=tiny_checkpoint))
+    bad = altered_copy(tiny_simplified_onnx, tmp_path / "cvunet.sim.fp16.onnx")
+    long_names = [
+        Candidate("onnxruntime-cpu-fp32 (cvunet.sim.onnx)", "fp32", lambda: OnnxRuntimeBackend(tiny_simplified_onnx)),
+        Candidate("onnxruntime-cpu-fp16 (cvunet.sim.fp16.onnx)", "fp16", lambda: OnnxRuntimeBackend(bad)),
+    ]
+    report = compare_models(ref, long_names, _inputs())
+    console = Console(width=80, record=True, color_system=None)
+    compare_cli.print_compare(report, out=console)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    assert "…" not in text  # nothing cut: long names fold onto a second line
+    joined = "".join(text.split())
+    assert "onnxruntime-cpu-fp16(cvunet.sim.fp16.onnx)" in joined
+    assert "fp32: |d| <= atol 0.0001 + rtol 0.001 x |ref|, and MAD <= 1e-05" in text
+    assert "fp16: |d| <= atol 0.02" in text
+    assert "FAIL onnxruntime-cpu-fp16 (cvunet.sim.fp16.onnx): " in text

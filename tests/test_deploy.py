@@ -311,3 +311,59 @@ def test_cli_writes_repository_and_reports_errors(tmp_path: Path) -> None:
     result = runner.invoke(deploy_cli.app, ["triton", str(matched), "-o", str(tmp_path / "r3"), "--triton-version",
                                             "25.06"])
     assert result.exit_code == 1 and "ships TensorRT 10.10.0.31" in str(result.exception)
+
+
+def test_a_new_version_joins_a_model_with_the_same_io_and_force_replaces_only_it(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    first = make_engine(tmp_path / "e1")
+    second = make_engine(tmp_path / "e2", dict(SIDECAR, precision="int8"), content=b"another engine")
+    triton_repository_from_model(first, repo)
+    triton_repository_from_model(second, repo, version=2)  # no --force needed: same inputs and outputs
+    assert (repo / "cvunet" / "1" / "model.plan").read_bytes() == first.read_bytes()
+    assert (repo / "cvunet" / "2" / "model.plan").read_bytes() == second.read_bytes()
+    params = {k: v.string_value for k, v in read_model_config(repo / "cvunet" / "config.pbtxt").parameters.items()}
+    assert params["mopt.model.1.sha256"] == file_sha256(first) and params["mopt.model.2.sha256"] == file_sha256(second)
+    assert params["mopt.model.2.precision"] == "int8" and params["mopt.model.2.file"] == second.name
+
+    with pytest.raises(MoptError, match=r"cvunet/2 already exists; pass --force to replace that version"):
+        triton_repository_from_model(first, repo, version=2)
+    triton_repository_from_model(first, repo, version=2, force=True)
+    assert (repo / "cvunet" / "1" / "model.plan").read_bytes() == first.read_bytes()  # version 1 kept
+    assert (repo / "cvunet" / "2" / "model.plan").read_bytes() == first.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e1", "e2", "repo"]  # no staging left
+
+
+def test_a_model_with_other_io_is_refused_then_replaced_whole_with_force(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    triton_repository_from_model(make_engine(tmp_path / "e1"), repo)
+    io = {
+        "inputs": [{"name": "input.1", "dtype": "float32", "shape": [-1, 3, -1, -1], "profiles": SIDECAR["profiles"]}],
+        "outputs": [{"name": "mask", "dtype": "float32", "shape": [-1, 1, -1, -1]}],
+    }
+    other = make_engine(tmp_path / "e2", dict(SIDECAR, io=io), content=b"other names")
+    with pytest.raises(MoptError, match=r"serves another model \(input input TYPE_FP32.*this one input.1"):
+        triton_repository_from_model(other, repo, version=2)
+    triton_repository_from_model(other, repo, version=2, force=True)
+    assert sorted(p.name for p in (repo / "cvunet").iterdir()) == ["2", "config.pbtxt"]
+
+
+@pytest.mark.parametrize(("gpu", "kind"), [(False, "KIND_CPU"), (True, "KIND_GPU")])
+def test_onnx_instances_run_where_this_machine_can(
+    tiny_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gpu: bool, kind: str
+) -> None:
+    from optimize import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "gpu_environment", lambda: engine_mod.MachineInfo(gpu=gpu))
+    result = CliRunner().invoke(deploy_cli.app, ["triton", str(tiny_onnx), "-o", str(tmp_path / "repo")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"model: {tiny_onnx} (sha256 {file_sha256(tiny_onnx)[:12]}, cvunet-tiny, fp32)", lines[0]
+    config = read_model_config(tmp_path / "repo" / "cvunet" / "config.pbtxt")
+    assert model_config_pb2.ModelInstanceGroup.Kind.Name(config.instance_group[0].kind) == kind
+    assert f"instances: 1 x {kind}" in result.output
+    assert config.parameters["mopt.model.1.arch"].string_value == "cvunet-tiny"
+    forced = CliRunner().invoke(
+        deploy_cli.app, ["triton", str(tiny_onnx), "-o", str(tmp_path / "r2"), "--kind", "gpu" if not gpu else "cpu"]
+    )
+    assert forced.exit_code == 0, forced.output
+    assert "--kind" in forced.output.splitlines()[-2]

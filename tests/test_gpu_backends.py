@@ -57,8 +57,11 @@ def test_without_a_gpu_each_backend_says_so(tmp_path: Path) -> None:
     engine = tmp_path / "m.plan"
     engine.write_bytes(b"engine")
     sources = ModelSources(checkpoint=tmp_path / "c.pth", onnx=[tmp_path / "m.onnx"], engine=engine)
-    for name in ("torch-cuda", "torch-cuda-fp16", "onnxruntime-cuda"):
+    for name in ("torch-cuda", "torch-cuda-fp16"):
         assert backend_spec(name).unavailable_reason(sources).startswith("no CUDA GPU")
+    # ONNX Runtime's provider is what was asked for: its reason names it, not the PyTorch build.
+    reason = backend_spec("onnxruntime-cuda").unavailable_reason(sources)
+    assert reason == "ONNX Runtime's CUDA provider is unavailable: no NVIDIA GPU on this machine"
     reason = backend_spec("tensorrt").unavailable_reason(sources)
     assert reason == tensorrt_unavailable_reason() and "pip install 'mopt[tensorrt]'" in reason
 
@@ -208,3 +211,13 @@ def test_tensorrt_engine_builds_reuses_and_matches(tiny_onnx: Path, tmp_path: Pa
         # The engine's own numbers: activation memory from device_memory_size_v2, weights from the built graph.
         assert backend.activation_mb > 0 and backend.weights_mb > 0
         assert (backend.io.input_name, backend.io.output_name) == ("input", "alpha") and backend.io.recorded
+
+
+def test_onnxruntime_cuda_reason_names_the_provider_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime as ort
+
+    monkeypatch.setattr(engine_mod, "gpu_environment", lambda: MachineInfo(gpu=True, gpu_name="NVIDIA L4"))
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    reason = backend_spec("onnxruntime-cuda").unavailable_reason(ModelSources(onnx=[tmp_path / "m.onnx"]))
+    assert reason.startswith("ONNX Runtime's CUDA provider is unavailable: CUDAExecutionProvider is not in")
+    assert "onnxruntime.get_available_providers()" in reason and "PyTorch" not in reason

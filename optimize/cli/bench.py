@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from optimize.backends import ModelSources
+from optimize.backends import ModelSources, backend_spec
 from optimize.bench import BenchReport, bench_from_sources
 from optimize.cli.common import (
     DEFAULT_CHECKPOINT_PATH,
@@ -23,11 +23,13 @@ from optimize.cli.common import (
     progress,
 )
 from optimize.cli.compare import default_onnx_models
+from optimize.errors import MoptError
 from optimize.fileio import write_json
 from optimize.report import speedups
 from optimize.shapes import parse_ints, parse_sizes
 
 app = typer.Typer()
+DEFAULT_BACKENDS = "torch,onnxruntime"
 
 
 def print_bench(report: BenchReport) -> None:
@@ -86,8 +88,8 @@ def bench(
     onnx: OnnxModelsOption = None,
     engine: EngineOption = None,
     backend: Annotated[
-        str, typer.Option("--backend", help="Comma-separated backends (see docs).")
-    ] = "torch,onnxruntime",
+        str | None, typer.Option("--backend", help="Comma-separated backends (see docs) [torch,onnxruntime].")
+    ] = None,
     batch: Annotated[str, typer.Option("--batch", help="Comma-separated batch sizes.")] = "1,8",
     size: Annotated[str, typer.Option("--size", help="Comma-separated H x W sizes.")] = "512x512",
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs before timing.")] = 3,
@@ -101,8 +103,16 @@ def bench(
 ) -> None:
     """Benchmark each backend at each batch and size after warm-up; print a table, optionally write JSON."""
     batches, sizes = parse_ints(batch, "--batch"), parse_sizes(size)
-    names = [b.strip() for b in backend.split(",") if b.strip()]
+    explicit_backend = backend is not None
+    names = [b.strip() for b in (backend or DEFAULT_BACKENDS).split(",") if b.strip()]
     needs_onnx = any(n.startswith("onnxruntime") for n in names)
+    named_paths = [*(onnx or []), *([engine] if engine else [])]
+    torch_named = explicit_backend and any(n == "torch" or n.startswith("torch-") for n in names)
+    if checkpoint != DEFAULT_CHECKPOINT_PATH or torch_named:
+        named_paths.append(checkpoint)
+    for path in named_paths:  # a path the user named (or the checkpoint a named torch backend needs) must exist
+        if not path.is_file():
+            raise MoptError(f"{path} does not exist; give an existing file or drop the backend that needs it")
     sources = ModelSources(
         checkpoint=checkpoint,
         onnx=list(onnx or (default_onnx_models() if needs_onnx else [])),
@@ -110,6 +120,10 @@ def bench(
         arch=arch,
         threads=threads,
     )
+    if explicit_backend:  # a backend asked for by name that cannot run here is an error, not a skipped row
+        for name in names:
+            if reason := backend_spec(name).unavailable_reason(sources):
+                raise MoptError(f"backend {name} cannot run here: {reason}")
     with progress() as bar:
         task = bar.add_task("bench", total=None)
         report = bench_from_sources(

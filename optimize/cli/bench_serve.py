@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,7 @@ from optimize.serve import (
     DEFAULT_HOST,
     DEFAULT_MODEL_NAME,
     DEFAULT_PORT,
+    LoadResult,
     encoded_images_from_folder,
     load_report,
     serve_load_from_url,
@@ -50,8 +52,20 @@ def bench_serve(
         source = f"{count} synthetic {format_size(height, width)} JPEGs"
     console.print(f"loading {url} model {model!r} with {source}; levels {levels}, "
                   f"up to {requests} requests or {duration:g}s each")
+    def on_level(clients: int, result: LoadResult | None) -> None:
+        # A level may run its whole --duration: say which one runs, and what it measured, as it goes.
+        if result is None:
+            console.print(f"concurrency {clients}: sending up to {requests} requests or for {duration:g}s ...")
+        else:
+            console.print(
+                f"concurrency {clients}: {result.requests} requests ({result.errors} errors) in "
+                f"{result.seconds:.1f}s, {result.requests_per_s:.2f} req/s, p50 {result.p50_ms:.1f} ms"
+            )
+        sys.stdout.flush()  # a pipe (CI, tee) shows each level when it happens
+
     results = serve_load_from_url(
-        url, payloads, concurrency=levels, requests=requests, duration_s=duration, model=model, warmup=warmup
+        url, payloads, concurrency=levels, requests=requests, duration_s=duration, model=model, warmup=warmup,
+        on_level=on_level,
     )
     table = Table(title=f"{model} at {url}")
     for column in ("clients", "requests", "errors", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "batch"):

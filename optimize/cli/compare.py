@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -44,20 +46,56 @@ def default_onnx_models() -> list[Path]:
     return [fp32] + [p for p in (derived_path(fp32, "fp16"), derived_path(fp32, "int8")) if p.exists()]
 
 
-def print_compare(report: CompareReport) -> None:
-    table = Table(title=f"candidates vs reference {report.reference}")
+NAME_WIDTH = 22  # longer candidate names fold onto a second line, so the table fits 80 columns
+
+
+def print_compare(report: CompareReport, wide: bool = False, out: Console | None = None) -> None:
+    """The verdict table: fits 80 columns (tolerances and failures as lines below it), or one wide table.
+
+    Args:
+        report: from :func:`optimize.compare.compare_models`.
+        wide: one row per candidate with its tolerance and failures in the table (needs ~150 columns).
+        out: where to print (the shared console by default).
+    """
+    out = out or console
     image_model = any(c.psnr == c.psnr for c in report.candidates)  # PSNR is set (not NaN) for image models
-    columns = ("candidate", "precision", "result", "max abs", "MAD", "MSE", "PSNR" if image_model else "SAD")
-    if not image_model:
-        columns += ("Grad", "Conn")
-    for column in (*columns, "tolerance"):
-        table.add_column(column, justify="left" if column in ("candidate", "result", "tolerance") else "right")
+    metric_columns = ("PSNR",) if image_model else ("SAD", "Grad", "Conn")
+    if wide:
+        table = Table(title=f"candidates vs reference {report.reference}")
+        columns = ("candidate", "precision", "result", "max abs", "MAD", "MSE", *metric_columns, "tolerance")
+    else:
+        table = Table(
+            title=f"candidates vs reference {report.reference}", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False
+        )
+        columns = ("candidate", "prec", "result", "max|d|", "MAD", "MSE", *metric_columns)
+    for column in columns:
+        left = column in ("candidate", "result", "tolerance")
+        if column == "candidate" and not wide:
+            table.add_column(column, max_width=NAME_WIDTH, overflow="fold")
+        else:
+            table.add_column(column, justify="left" if left else "right", no_wrap=column != "tolerance")
+    number = "{:.2e}" if wide else "{:.1e}"
     for c in report.candidates:
-        verdict = "[green]pass" if c.passed else "[red]FAIL: " + escape("; ".join(c.failures))
-        cells = [c.name, c.precision, verdict, f"{c.max_abs:.2e}", f"{c.mad:.2e}", f"{c.mse:.2e}"]
+        if wide:
+            verdict = "[green]pass" if c.passed else "[red]FAIL: " + escape("; ".join(c.failures))
+        else:
+            verdict = "[green]pass" if c.passed else "[red]FAIL"
+        cells = [escape(c.name), c.precision, verdict, number.format(c.max_abs), number.format(c.mad),
+                 number.format(c.mse)]
         cells += [f"{c.psnr:.1f} dB"] if image_model else [f"{c.sad:.3f}", f"{c.grad:.3f}", f"{c.conn:.3f}"]
-        table.add_row(*cells, f"atol {c.atol:g} rtol {c.rtol:g} MAD<={c.mad_budget:g}")
-    console.print(table)
+        if wide:
+            cells.append(f"atol {c.atol:g} rtol {c.rtol:g} MAD<={c.mad_budget:g}")
+        table.add_row(*cells)
+    out.print(table)
+    if wide:
+        return
+    out.print("tolerances (max|d|: the largest |candidate - reference|):")
+    tolerances = {c.precision: c for c in report.candidates}
+    for precision, c in tolerances.items():
+        out.print(f"  {precision}: |d| <= atol {c.atol:g} + rtol {c.rtol:g} x |ref|, and MAD <= {c.mad_budget:g}")
+    for c in report.candidates:
+        if not c.passed:
+            out.print(f"[red]FAIL[/] {escape(c.name)}: {escape('; '.join(c.failures))}")
 
 
 def check_lineage(candidate: Path, expected: str | None, origin: str) -> None:
@@ -93,6 +131,9 @@ def compare(
     json_path: JsonOption = None,
     allow_mismatch: Annotated[
         bool, typer.Option("--allow-mismatch", help="Compare models made from another checkpoint anyway.")
+    ] = False,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="One wide table with tolerances and failures (about 150 columns).")
     ] = False,
 ) -> None:
     """Compare ONNX/TensorRT candidates with PyTorch FP32; exit 1 if any is out of tolerance."""
@@ -134,7 +175,7 @@ def compare(
     if reference is None:
         ref = reference_from_checkpoint(sources)
     report = compare_models(ref, candidates, inputs, input_description=description)
-    print_compare(report)
+    print_compare(report, wide=wide)
     for s in skipped:
         console.print(f"[dim]skipped {escape(s['backend'])}: {escape(s['reason'])}")
     if json_path:

@@ -35,7 +35,10 @@ def convert_precision(
     images: Annotated[
         Path | None, typer.Option("--images", file_okay=False, help="Verify on these images [synthetic].")
     ] = None,
-    size: Annotated[str | None, typer.Option("--size", help="Verification H x W [256x256].")] = None,
+    size: Annotated[
+        str | None,
+        typer.Option("--size", help="Verification (deployment) H x W [the model's fixed size, else 512x512]."),
+    ] = None,
     count: Annotated[int, typer.Option("--count", min=1, help="Verification images.")] = DEFAULT_VERIFY_COUNT,
     max_abs: Annotated[
         float, typer.Option("--max-abs", min=0.0, help="Largest accepted |alpha - FP32 alpha|.")
@@ -44,6 +47,9 @@ def convert_precision(
         float, typer.Option("--mad", min=0.0, help="Largest accepted mean |alpha - FP32 alpha|.")
     ] = FP16_MAD,
     threads: ThreadsOption = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing output made with other settings.")
+    ] = False,
 ) -> None:
     """Write an FP16 version of ONNX_PATH for strongly typed TensorRT and check its mattes against FP32."""
     if not fp16:
@@ -51,7 +57,7 @@ def convert_precision(
     source = onnx_path or latest_fp32_onnx()
     with console.status(f"converting {source} to FP16 and verifying ..."):
         result = fp16_conversion_from_onnx(
-            source, output, recipe, images, parse_size(size) if size else None, count, max_abs, mad, threads
+            source, output, recipe, images, parse_size(size) if size else None, count, max_abs, mad, threads, force
         )
     inputs = result.inputs
     table = Table(

@@ -14,9 +14,11 @@ from optimize.deploy import (
     DEFAULT_QUEUE_DELAY_US,
     InstanceKind,
     describe_config,
+    instance_kind_name,
     read_model_config,
     triton_repository_from_model,
 )
+from optimize.identity import model_identity
 from optimize.triton_releases import triton_match
 
 GROUP = "deploy"
@@ -44,17 +46,29 @@ def triton(
         int, typer.Option("--max-queue-delay-us", min=0, help="Dynamic batcher wait to fill a batch (µs).")
     ] = DEFAULT_QUEUE_DELAY_US,
     instance_kind: Annotated[
-        InstanceKind, typer.Option("--instance-kind", help="Run instances on GPUs or CPUs (engines: GPU only).")
-    ] = InstanceKind.gpu,
+        InstanceKind | None,
+        typer.Option(
+            "--kind",
+            "--instance-kind",
+            help="Run instances on GPUs or CPUs [gpu for an engine, or when an NVIDIA GPU is visible here; else cpu].",
+        ),
+    ] = None,
     instances: Annotated[int, typer.Option("--instances", min=1, help="Model instances per device.")] = 1,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing model of that name.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Replace that version of the model, or the whole model when its I/O differs."),
+    ] = False,
     triton_version: Annotated[
         str | None,
         typer.Option("--triton-version", help="Triton release (YY.MM) that will serve it: refused if its TensorRT "
                      "cannot load the engine."),
     ] = None,
 ) -> None:
-    """Write OUTPUT/<name>/config.pbtxt and OUTPUT/<name>/<version>/model.plan|model.onnx for Triton."""
+    """Write OUTPUT/<name>/config.pbtxt and OUTPUT/<name>/<version>/model.plan|model.onnx for Triton.
+
+    A new --version joins the versions already there when the model's inputs and outputs are the same.
+    """
+    console.print(f"model: {escape(model_identity(model).describe())}")
     folder = triton_repository_from_model(
         model,
         output,
@@ -68,7 +82,21 @@ def triton(
         triton_version=triton_version,
     )
     config = read_model_config(folder / "config.pbtxt")
-    console.print(f"wrote {folder}/ ({describe_config(config)})")
+    console.print(f"wrote {folder}/{version}/ ({describe_config(config)})")
+    versions = sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+    if versions != [version]:
+        console.print(f"versions of {config.name} in the repository: {', '.join(map(str, versions))}")
+    group = config.instance_group[0]
+    kind = instance_kind_name(config)
+    if instance_kind is not None:
+        why = f"--kind {instance_kind.value}"
+    elif config.backend == "tensorrt":
+        why = "a TensorRT engine runs on a GPU"
+    elif kind == "KIND_GPU":
+        why = "an NVIDIA GPU is visible here; --kind cpu for a CPU server"
+    else:
+        why = "no NVIDIA GPU visible here; --kind gpu for a GPU server"
+    console.print(f"instances: {group.count} x {kind} ({why})")
     if config.backend == "tensorrt":
         tensorrt_version = config.parameters["mopt.tensorrt_version"].string_value or None
         console.print(escape(triton_match(tensorrt_version).advice()))

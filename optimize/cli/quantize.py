@@ -54,14 +54,21 @@ def quantize(
         int, typer.Option("--calib-limit", min=1, help="Use at most this many calibration images.")
     ] = DEFAULT_CALIBRATION_LIMIT,
     images: Annotated[
-        Path | None, typer.Option("--images", file_okay=False, help="Verify on these images [synthetic].")
+        Path | None,
+        typer.Option("--images", file_okay=False, help="Verify on these images [the --calib images, else synthetic]."),
     ] = None,
-    size: Annotated[str | None, typer.Option("--size", help="Verification H x W [256x256].")] = None,
+    size: Annotated[
+        str | None,
+        typer.Option("--size", help="Verification (deployment) H x W [the model's fixed size, else 512x512]."),
+    ] = None,
     count: Annotated[int, typer.Option("--count", min=1, help="Verification images.")] = DEFAULT_VERIFY_COUNT,
     mad: Annotated[
         float, typer.Option("--mad", min=0.0, help="Largest accepted mean |alpha - FP32 alpha|.")
     ] = INT8_MAD,
     threads: ThreadsOption = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing output made with other settings.")
+    ] = False,
 ) -> None:
     """Write an INT8 Q/DQ version of ONNX_PATH (symmetric, per-channel weights) and check its mattes against FP32."""
     if not int8:
@@ -85,6 +92,7 @@ def quantize(
             mad=mad,
             threads=threads,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
+            force=force,
         )
     check = result.checks[0]
     cal = result.calibration

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from optimize.cli.common import ThreadsOption, console
 from optimize.matte import SIZE_STEP
@@ -38,6 +39,8 @@ def print_ready(info: ServerInfo) -> None:
     console.print(f"  images     POST {info.url}/v2/models/{image_model}/infer   (input 'image': encoded bytes)")
     console.print(f"  pixels     POST {info.url}/v2/models/{rgb_model}/infer   (input 'rgb': uint8 HxWx3)")
     console.print("  outputs    'alpha' uint8 HxW, 'alpha_png' PNG bytes, 'error' (empty when fine)")
+    if info.log_file is not None:
+        console.print(f"  Triton log {escape(str(info.log_file))}   (--verbose shows it here)")
     console.print("Ctrl-C or SIGTERM stops the server.")
     sys.stdout.flush()  # a supervisor reading a pipe sees the endpoints now, not at exit
 
@@ -80,6 +83,11 @@ def serve(
         int, typer.Option("--instances", min=1, help="Model instances (overlap decoding with inference).")
     ] = DEFAULT_INSTANCES,
     threads: ThreadsOption = None,
+    log_file: Annotated[
+        Path | None,
+        typer.Option("--log-file", dir_okay=False, help="Triton's own log [<tmp>/mopt-serve-<port>.log]."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show Triton's own log on the console.")] = False,
 ) -> None:
     """Serve the model with Triton Inference Server: dynamic batching, health/ready endpoints, HTTP and gRPC."""
     options = ServeOptions(
@@ -92,13 +100,17 @@ def serve(
         max_queue_delay_ms=max_queue_delay_ms,
         max_side=max_side,
         instances=instances,
+        log_file=log_file,
+        verbose=verbose,
     )
     check_ports_free(host, options.ports())  # before the model loads: a clash is reported at once
     if onnx is None and engine is None:
         onnx = default_onnx_for_serving()
         console.print(f"model: {onnx} (default: the bundled MediaPipe selfie segmentation model, exported)")
     model = served_model_from_files(onnx=onnx, engine=engine, backend=backend, threads=threads)
-    console.print(f"starting Triton Inference Server for {model.source} ...")
+    if model.identity is not None:
+        console.print(f"model: {escape(model.identity.describe())}")
+    console.print(f"starting Triton Inference Server for {escape(str(model.source))} ...")
     stats = serve_model(model, options, on_ready=print_ready)
     mean = stats.images / stats.batches if stats.batches else 0.0
     console.print(
