@@ -5,13 +5,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-import click
 import typer
 
-try:  # typer 0.2x vendors its own click; older releases use click itself
-    from typer._click.exceptions import UsageError as _TyperUsageError
+try:  # typer 0.2x vendors its own click (no click package is installed); older releases use click itself
+    from typer._click.exceptions import Abort as ClickAbort
+    from typer._click.exceptions import UsageError
 except ImportError:  # pragma: no cover - depends on the installed typer
-    _TyperUsageError = click.UsageError
+    from click.exceptions import Abort as ClickAbort
+    from click.exceptions import UsageError
 
 from optimize.errors import MoptError
 
@@ -66,7 +67,7 @@ def _root(
     """Optimize U-Net image-matting models: export, simplify, build TensorRT engines, compare, bench, serve."""
 
 
-def _usage_error_line(exc: click.UsageError | _TyperUsageError) -> str:
+def _usage_error_line(exc: UsageError) -> str:
     """Click's multi-line usage error as one line: what was wrong, and where to read more."""
     command = exc.ctx.command_path if exc.ctx is not None else "mopt"
     return f"{exc.format_message().strip().replace(chr(10), ' ')} (see `{command} --help`)"
@@ -79,13 +80,13 @@ def main() -> None:
     except MoptError as exc:
         print(f"mopt: error: {exc}", file=sys.stderr)
         sys.exit(1)
-    except (click.UsageError, _TyperUsageError) as exc:  # bad option value, unknown option, missing argument
+    except UsageError as exc:  # bad option value, unknown option, missing argument
         if type(exc).__name__ == "NoArgsIsHelpError":  # `mopt` or `mopt debug` alone: the help, not an error
             print(exc.format_message())
             sys.exit(0)
         print(f"mopt: error: {_usage_error_line(exc)}", file=sys.stderr)
         sys.exit(1)
-    except (KeyboardInterrupt, click.Abort, typer.Abort):
+    except (KeyboardInterrupt, ClickAbort):
         print("mopt: interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
