@@ -8,10 +8,8 @@ import sys
 import typer
 
 try:  # typer 0.2x vendors its own click (no click package is installed); older releases use click itself
-    from typer._click.exceptions import Abort as ClickAbort
     from typer._click.exceptions import UsageError
 except ImportError:  # pragma: no cover - depends on the installed typer
-    from click.exceptions import Abort as ClickAbort
     from click.exceptions import UsageError
 
 from optimize.errors import MoptError
@@ -86,7 +84,7 @@ def main() -> None:
             sys.exit(0)
         print(f"mopt: error: {_usage_error_line(exc)}", file=sys.stderr)
         sys.exit(1)
-    except (KeyboardInterrupt, ClickAbort):
+    except (KeyboardInterrupt, typer.Abort):
         print("mopt: interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
