@@ -19,12 +19,12 @@ from polygraphy.comparator.compare import SimpleCompareFunc
 from polygraphy.logger import G_LOGGER
 
 from optimize.backends import InferenceBackend, ModelSources, available_backends, backend_names, backend_spec
+from optimize.backends.polygraphy_runner import BackendRunner
 from optimize.card import ModelCard, Normalization
 from optimize.errors import MoptError
 from optimize.export import INPUT_NAME, OUTPUT_NAME
 from optimize.images import inputs_from_folder, synthetic_inputs
 from optimize.metrics import matte_metrics
-from optimize.runners import BackendRunner
 
 
 @dataclass(frozen=True)
