@@ -1,4 +1,4 @@
-"""Inference backends: one interface over PyTorch, ONNX Runtime, and TensorRT, one module per runtime.
+"""Inference backends: one interface over PyTorch, ONNX Runtime, TensorRT and OpenVINO, one module per runtime.
 
 Every consumer (``compare`` through a Polygraphy runner, ``bench``, ``matte``, ``serve``) talks to an
 :class:`InferenceBackend`: host float32 ``N x 3 x H x W`` in, host float32 ``N x 1 x H x W`` alpha out.
@@ -10,6 +10,7 @@ Layout (in the manner of Polygraphy's ``backend/<framework>/``):
 - :mod:`~optimize.backends.base`: the interface, host-memory sampling, the registry.
 - :mod:`~optimize.backends.torch`: PyTorch eager on the CPU (the reference) and on the GPU.
 - :mod:`~optimize.backends.onnxruntime`: ONNX Runtime's CPU and CUDA providers.
+- :mod:`~optimize.backends.openvino`: OpenVINO on the CPU (FP32, and bf16 where the CPU has it).
 - :mod:`~optimize.backends.tensorrt`: TensorRT engines (the TensorRT calls are in :mod:`optimize.tensorrt_api`).
 - :mod:`~optimize.backends.cuda`: the CUDA timing and graph helpers the GPU backends share.
 - :mod:`~optimize.backends.polygraphy_runner`: any backend as a Polygraphy runner (imported on its own: it
@@ -21,6 +22,7 @@ No module here imports a runtime at import time; each backend imports its runtim
 from __future__ import annotations
 
 from optimize.backends import onnxruntime as _onnxruntime
+from optimize.backends import openvino as _openvino
 from optimize.backends import tensorrt as _tensorrt
 from optimize.backends import torch as _torch
 from optimize.backends.base import _BACKENDS as _BACKENDS  # the registry itself (tests swap entries)
@@ -37,6 +39,7 @@ from optimize.backends.base import (
     register_backend,
 )
 from optimize.backends.onnxruntime import OnnxRuntimeBackend, OnnxRuntimeCudaBackend
+from optimize.backends.openvino import OpenVinoBackend
 from optimize.backends.tensorrt import TensorRTBackend
 from optimize.backends.torch import TorchBackend, TorchCudaBackend
 
@@ -47,6 +50,7 @@ __all__ = [
     "ModelSources",
     "OnnxRuntimeBackend",
     "OnnxRuntimeCudaBackend",
+    "OpenVinoBackend",
     "RssPeakSampler",
     "TensorRTBackend",
     "TorchBackend",
@@ -63,6 +67,8 @@ __all__ = [
 for _spec in (
     _torch.TORCH,
     _onnxruntime.ONNXRUNTIME,
+    _openvino.OPENVINO,
+    _openvino.OPENVINO_BF16,
     _torch.TORCH_CUDA,
     _torch.TORCH_CUDA_FP16,
     _onnxruntime.ONNXRUNTIME_CUDA,

@@ -2,7 +2,7 @@
 
 Polygraphy's own ``PytRunner`` cannot serve ``Comparator`` (it returns a tuple and never sets
 ``inference_time``), so :class:`BackendRunner` adapts any :class:`~optimize.backends.InferenceBackend`
-— PyTorch, ONNX Runtime, TensorRT — to Polygraphy's ``BaseRunner`` contract: activate, infer a
+— PyTorch, ONNX Runtime, TensorRT, OpenVINO — to Polygraphy's ``BaseRunner`` contract: activate, infer a
 name -> array dict, report the inference time, deactivate.
 """
 
