@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from optimize.cli.common import ThreadsOption, console
-from optimize.matte import SIZE_STEP
+from optimize.matte import SIZE_STEP, probe_size_for
 from optimize.serve import (
     DEFAULT_HOST,
     DEFAULT_INSTANCES,
@@ -91,7 +91,11 @@ def serve(
         instances=instances,
     )
     check_ports_free(host, options.ports())  # before the model loads: a clash is reported at once
-    model = served_model_from_files(onnx=onnx, engine=engine, backend=backend, threads=threads)
+    model = served_model_from_files(
+        onnx=onnx, engine=engine, backend=backend, threads=threads, probe_size=probe_size_for(max_side)
+    )
+    if model.choice.probe is not None:
+        console.print(f"backend: {model.backend.name}, {model.choice.probe.describe()}")
     console.print(f"starting Triton Inference Server for {model.source} ...")
     stats = serve_model(model, options, on_ready=print_ready)
     mean = stats.images / stats.batches if stats.batches else 0.0
