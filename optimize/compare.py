@@ -231,10 +231,11 @@ def candidates_from_sources(
 
     Args:
         sources: the artifacts to build backends from.
-        backends: registry names; by default every registered backend but the reference.
+        backends: registry names; by default every registered backend but the reference and the baselines
+            that run only when named (``BackendSpec.default``).
     """
     skipped: list[dict] = []
-    names = list(backends or [n for n in backend_names() if n != REFERENCE_BACKEND])
+    names = list(backends or [n for n in backend_names() if n != REFERENCE_BACKEND and backend_spec(n).default])
     candidates = [Candidate(b.name, b.precision, lambda b=b: b) for b in available_backends(names, sources, skipped)]
     return candidates, skipped
 

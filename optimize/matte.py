@@ -328,6 +328,11 @@ def _probe_cpu_runtimes(
     ]
     if len(group) < 2 or not sources.onnx:
         return None
+    card, limits, notes = _details_for(first, sources)
+    if input_card(card).batch not in (None, 1):
+        return None  # a model of one fixed batch is timed by nobody at batch 1: take the preference order
+    # The size a job's largest images run at, under the model's own size rule (a fixed-size model: its size).
+    size = inference_size(*size, max_side=max(size), rule=input_card(card).size)
     try:
         backend, result = choose_fastest(
             [(n, lambda n=n: _first_backend(n, sources)) for n in group],
@@ -343,7 +348,6 @@ def _probe_cpu_runtimes(
         if other != result.chosen:
             ms = result.latencies_ms
             skipped[other] = f"slower at {size[0]}x{size[1]} ({ms[other]:.0f} ms to {ms[result.chosen]:.0f} ms)"
-    card, limits, notes = _details_for(result.chosen, sources)
     if not card.is_matte:
         backend.close()
         card.require_matte("matte and serve")

@@ -41,7 +41,7 @@ from optimize.backends.base import (
 from optimize.backends.onnxruntime import OnnxRuntimeBackend, OnnxRuntimeCudaBackend
 from optimize.backends.openvino import OpenVinoBackend
 from optimize.backends.tensorrt import TensorRTBackend
-from optimize.backends.torch import TorchBackend, TorchCudaBackend
+from optimize.backends.torch import TorchBackend, TorchChannelsLastBackend, TorchCompileBackend, TorchCudaBackend
 
 __all__ = [
     "BackendSpec",
@@ -54,6 +54,8 @@ __all__ = [
     "RssPeakSampler",
     "TensorRTBackend",
     "TorchBackend",
+    "TorchChannelsLastBackend",
+    "TorchCompileBackend",
     "TorchCudaBackend",
     "available_backends",
     "backend_names",
@@ -66,6 +68,8 @@ __all__ = [
 # then the GPU ones.
 for _spec in (
     _torch.TORCH,
+    _torch.TORCH_CHANNELS_LAST,
+    _torch.TORCH_COMPILE,
     _onnxruntime.ONNXRUNTIME,
     _openvino.OPENVINO,
     _openvino.OPENVINO_BF16,

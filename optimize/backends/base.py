@@ -162,6 +162,9 @@ class BackendSpec:
     description: str
     create: Callable[[ModelSources], Iterator[InferenceBackend]]
     unavailable_reason: Callable[[ModelSources], str | None]
+    # False for baselines that only run when named (torch.compile takes minutes per shape): commands that go
+    # through every backend by default (`mopt compare`) leave them out.
+    default: bool = True
 
 
 _BACKENDS: dict[str, BackendSpec] = {}

@@ -6,6 +6,7 @@ Peak memory: the process's resident peak on the CPU; PyTorch's allocator peak on
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,6 +42,79 @@ class TorchBackend(CpuBackend):
 
         with torch.inference_mode():
             return self.model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).numpy()
+
+
+class TorchChannelsLastBackend(TorchBackend):
+    """PyTorch eager FP32 on the CPU with channels-last (NHWC) tensors: what a PyTorch user tries first.
+
+    oneDNN's convolutions run NHWC natively; in the default NCHW layout every convolution reorders its input.
+    A baseline for ``mopt bench``, not a reference: the numbers are what PyTorch gives without mopt.
+    """
+
+    backend = "torch-channels-last"
+
+    def __init__(self, model, threads: int | None = None, name: str = "torch-cpu-fp32-channels-last") -> None:
+        import torch
+
+        super().__init__(model, threads=threads, name=name)
+        self.model = self.model.to(memory_format=torch.channels_last)
+
+    def _call(self, x: Any) -> Any:
+        return self.model(x)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return self._call(x).contiguous().numpy()  # N x 1 x H x W, back to NCHW
+
+
+class TorchCompileBackend(TorchChannelsLastBackend):
+    """``torch.compile`` (Inductor) of the model on the CPU, channels-last: PyTorch's own graph compiler.
+
+    Inductor compiles once per input shape (``dynamic=False``: the fastest code for the shape timed), which
+    takes minutes for a real model on a small machine. The first call at a shape is that compilation; it is
+    timed on its own into :attr:`compile_s` and kept out of the latencies.
+    """
+
+    backend = "torch-compile"
+
+    def __init__(self, model, threads: int | None = None, name: str = "torch-cpu-fp32-compile") -> None:
+        import torch
+
+        super().__init__(model, threads=threads, name=name)
+        self.compiled = torch.compile(self.model, backend="inductor", dynamic=False)
+        self.compile_s: dict[tuple[int, ...], float] = {}  # input shape -> seconds its first call took
+
+    def _call(self, x: Any) -> Any:
+        return self.compiled(x)
+
+    def time_inference(self, batch: np.ndarray, warmup: int, iterations: int) -> list[float]:
+        import time
+
+        shape = tuple(batch.shape)
+        if shape not in self.compile_s:
+            start = time.perf_counter()
+            self.infer(batch)
+            self.compile_s[shape] = time.perf_counter() - start
+        return super().time_inference(batch, warmup, iterations)
+
+    def close(self) -> None:
+        self.compiled = None
+        self.model = None
+
+
+def torch_compile_reason(sources: ModelSources) -> str | None:
+    """Why ``torch.compile`` cannot run here: Inductor's CPU code generation needs a C++ compiler."""
+    import shutil
+
+    if not sources.checkpoint:
+        return "no checkpoint given"
+    compilers = [name for name in ("g++", "c++", "clang++") if shutil.which(name)]
+    if not compilers and not os.environ.get("CXX"):
+        return "torch.compile (Inductor) needs a C++ compiler on the CPU and none is on PATH (install g++)"
+    return None
 
 
 class TorchCudaBackend(InferenceBackend):
@@ -165,6 +239,14 @@ def _torch_models(sources: ModelSources) -> Iterator[InferenceBackend]:
     yield TorchBackend(_load_model(sources), threads=sources.threads)
 
 
+def _torch_channels_last(sources: ModelSources) -> Iterator[InferenceBackend]:
+    yield TorchChannelsLastBackend(_load_model(sources), threads=sources.threads)
+
+
+def _torch_compile(sources: ModelSources) -> Iterator[InferenceBackend]:
+    yield TorchCompileBackend(_load_model(sources), threads=sources.threads)
+
+
 def _torch_cuda(sources: ModelSources) -> Iterator[InferenceBackend]:
     yield TorchCudaBackend(_load_model(sources))
 
@@ -184,6 +266,20 @@ TORCH = BackendSpec(
     "PyTorch eager FP32 on the CPU (the reference)",
     _torch_models,
     lambda s: None if s.checkpoint else "no checkpoint given",
+)
+TORCH_CHANNELS_LAST = BackendSpec(
+    "torch-channels-last",
+    "PyTorch eager FP32 on the CPU, channels-last (a baseline: what PyTorch gives without mopt)",
+    _torch_channels_last,
+    lambda s: None if s.checkpoint else "no checkpoint given",
+    default=False,
+)
+TORCH_COMPILE = BackendSpec(
+    "torch-compile",
+    "torch.compile (Inductor) on the CPU, channels-last, one compilation per shape, timed apart (a baseline; slow)",
+    _torch_compile,
+    torch_compile_reason,
+    default=False,
 )
 TORCH_CUDA = BackendSpec(
     "torch-cuda",

@@ -47,6 +47,7 @@ def print_bench(report: BenchReport) -> None:
         "img/s",
         "peak MB",
         "$/1k img",
+        "compile s",
     ):
         table.add_column(column, justify="left" if column in ("backend", "device", "prec") else "right")
     for r in report.results:
@@ -64,14 +65,15 @@ def print_bench(report: BenchReport) -> None:
             f"{r.images_per_s:.2f}",
             mem,
             cost,
+            "-" if r.compile_s is None else f"{r.compile_s:.1f}",
         )
     console.print(table)
     results = [asdict(r) for r in report.results]
     for result, ratio in zip(results, speedups(results)):
         if ratio["reference"] and ratio["speedup_p50"] and result["backend"] != "torch":
             console.print(
-                f"{result['name']:28} batch {result['batch']:<3} {result['height']}x{result['width']}: "
-                f"{ratio['speedup_p50']:.2f}x faster than {ratio['reference']} (median latency)"
+                f"{result['name']:30} batch {result['batch']:<3} {result['height']}x{result['width']}: "
+                f"{ratio['speedup_p50']:.2f}x vs {ratio['reference']} (eager PyTorch, median latency)"
             )
     for r in report.results:
         if r.note:  # e.g. a CUDA graph that could not be captured: the time is of plain launches
@@ -87,7 +89,7 @@ def bench(
     engine: EngineOption = None,
     backend: Annotated[
         str, typer.Option("--backend", help="Comma-separated backends (see docs).")
-    ] = "torch,onnxruntime",
+    ] = "torch,onnxruntime,openvino",
     batch: Annotated[str, typer.Option("--batch", help="Comma-separated batch sizes.")] = "1,8",
     size: Annotated[str, typer.Option("--size", help="Comma-separated H x W sizes.")] = "512x512",
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs before timing.")] = 3,
@@ -102,7 +104,7 @@ def bench(
     """Benchmark each backend at each batch and size after warm-up; print a table, optionally write JSON."""
     batches, sizes = parse_ints(batch, "--batch"), parse_sizes(size)
     names = [b.strip() for b in backend.split(",") if b.strip()]
-    needs_onnx = any(n.startswith("onnxruntime") for n in names)
+    needs_onnx = any(n.startswith(("onnxruntime", "openvino")) for n in names)
     sources = ModelSources(
         checkpoint=checkpoint,
         onnx=list(onnx or (default_onnx_models() if needs_onnx else [])),
