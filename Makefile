@@ -45,7 +45,7 @@ compare: setup
 	exit $$status
 
 bench: setup
-	$(BIN)/mopt bench --backend torch,onnxruntime --batch 1,8 --size 512x512 --threads 2 --json $(REPORT)/bench.json
+	$(BIN)/mopt bench --backend torch,onnxruntime,openvino --batch 1,8 --size 512x512 --threads 2 --json $(REPORT)/bench.json
 
 # Re-train the bundled checkpoint; see README "The bundled checkpoint". Two stages: 9 epochs on 128x128 crops
 # (about 40 minutes on one idle core), then 4 epochs fine-tuning on composites rendered at up to 4x that scale

@@ -38,6 +38,7 @@ class BenchResult:
     iterations: int
     cuda_graph: bool | None = None  # GPU backends that capture CUDA graphs: whether the timing replayed one
     note: str | None = None  # why not (a capture that failed and fell back to plain launches)
+    compile_s: float | None = None  # backends that compile per shape (torch.compile): the first call, not timed
 
 
 @dataclass
@@ -67,6 +68,15 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _openvino_version() -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version("openvino")
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def machine_info(threads: int | None = None) -> dict:
     """What the numbers were measured on: CPU, cores, threads used, library versions, GPU if any."""
     import onnxruntime
@@ -81,6 +91,7 @@ def machine_info(threads: int | None = None) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
+        "openvino": _openvino_version(),
         "mopt": __version__,
         "gpu": None,
     }
@@ -133,6 +144,7 @@ def measure_backend(
         iterations=len(times),
         cuda_graph=getattr(backend, "graph_used", {}).get(shape),
         note=getattr(backend, "graph_notes", {}).get(shape),
+        compile_s=getattr(backend, "compile_s", {}).get(shape),
         **summarize(times, batch, price_per_hour),
     )
 

@@ -26,6 +26,7 @@ OPTIONAL_MODULES: dict[str, tuple[str, str]] = {
     "onnxsim": ("", "graph simplification"),
     "segmentation_models_pytorch": ("smp", "building segmentation_models_pytorch (SMP) architectures"),
     "polygraphy": ("", "model comparison"),
+    "openvino": ("", "running ONNX models with OpenVINO on the CPU"),
 }
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from optimize.backends import InferenceBackend, ModelSources, backend_names, backend_spec
+from optimize.backends.probe import PROBED_BACKENDS, ProbeCache, ProbeResult, choose_fastest
 from optimize.card import IMAGENET, ModelCard, Normalization, SizeRule, input_card
 from optimize.errors import MoptError
 from optimize.fileio import write_json
@@ -57,7 +58,9 @@ SIZE_STEP = 32  # the encoder's total stride: every stage sees whole pixels, and
 DEFAULT_BATCH = 4
 PREFETCH_BATCHES = 2  # batches decoded ahead of the one being inferred
 # Backends in order of preference; the first that can run on this machine with the given model files wins.
-BACKEND_PREFERENCE = ("tensorrt", "onnxruntime-cuda", "onnxruntime", "torch")
+# On a CPU, ONNX Runtime and OpenVINO are timed against each other when the run says at which size
+# (optimize.backends.probe: `mopt matte` and `mopt serve` do); without a probe size they are taken in this order.
+BACKEND_PREFERENCE = ("tensorrt", "onnxruntime-cuda", "onnxruntime", "openvino", "torch")
 GPU_BACKENDS = ("tensorrt", "onnxruntime-cuda")
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -152,10 +155,13 @@ class BackendChoice:
     skipped: dict[str, str] = field(default_factory=dict)
     limits: ShapeLimits | None = None
     notes: list[str] = field(default_factory=list)
+    probe: ProbeResult | None = None  # set when the backend was chosen by timing the CPU runtimes
 
     def describe(self) -> str:
         """One line for the start of a run: what runs where, and why not something faster."""
         line = f"{self.backend.name} ({self.name}) on {self.backend.device}"
+        if self.probe is not None:
+            line += f", {self.probe.describe()}"
         if self.skipped:
             line += "; not used: " + "; ".join(f"{name}: {why}" for name, why in self.skipped.items())
         return line
@@ -231,10 +237,12 @@ def select_backend(
     require_gpu: bool = False,
     preference: Sequence[str] = BACKEND_PREFERENCE,
     fix: str = "pass --onnx, --engine or --checkpoint",
+    probe_size: tuple[int, int] | None = None,
+    probe_cache: ProbeCache | None = None,
 ) -> BackendChoice:
     """Load the fastest backend that can run ``sources`` here.
 
-    Preference: TensorRT > ONNX Runtime CUDA > ONNX Runtime CPU > PyTorch.
+    Preference: TensorRT > ONNX Runtime CUDA > the faster of OpenVINO and ONNX Runtime on the CPU > PyTorch.
 
     Args:
         sources: the model files given (an engine, ONNX files, a checkpoint); a backend is only considered
@@ -242,6 +250,10 @@ def select_backend(
         require_gpu: refuse to fall back to a backend that runs on the CPU.
         preference: registry names to try, best first.
         fix: what the error tells the user to do when nothing can run (the command's own options).
+        probe_size: the job's typical inference size: when OpenVINO and ONNX Runtime can both run the model,
+            each is timed at it (or the cached answer is used) and the faster one is chosen. ``None``: take
+            them in ``preference`` order.
+        probe_cache: where probe results are kept (default: ``optimize.backends.probe.cache_path()``).
 
     Raises:
         MoptError: nothing can run (no usable model file), or ``require_gpu`` and no GPU backend can.
@@ -260,6 +272,10 @@ def select_backend(
         if reason:
             skipped[name] = reason
             continue
+        if probe_size is not None and name in PROBED_BACKENDS and not require_gpu:
+            probed = _probe_cpu_runtimes(name, sources, preference, registered, probe_size, probe_cache, skipped)
+            if probed is not None:
+                return probed
         models = spec.create(sources)
         try:
             backend = next(models)
@@ -286,6 +302,67 @@ def select_backend(
     if require_gpu:
         raise MoptError(f"--require-gpu: no GPU backend can run here ({why}); drop --require-gpu to run on the CPU")
     raise MoptError(f"no backend can run the model ({why}); {fix}")
+
+
+def probe_size_for(max_side: int) -> tuple[int, int]:
+    """The size the CPU runtimes are timed at for a run with ``max_side``: the largest bucket, a square."""
+    side = max(SIZE_STEP, max_side // SIZE_STEP * SIZE_STEP)
+    return side, side
+
+
+def _first_backend(name: str, sources: ModelSources) -> InferenceBackend:
+    """The backend registry entry ``name`` makes from the first model file in ``sources``."""
+    models = backend_spec(name).create(sources)
+    try:
+        return next(models)
+    except StopIteration:
+        raise MoptError(f"{name}: no model to load") from None
+    finally:
+        models.close()
+
+
+def _probe_cpu_runtimes(
+    first: str,
+    sources: ModelSources,
+    preference: Sequence[str],
+    registered: set[str],
+    size: tuple[int, int],
+    cache: ProbeCache | None,
+    skipped: dict[str, str],
+) -> BackendChoice | None:
+    """Time the CPU runtimes of ``preference`` (from ``first`` on) that can run ``sources``; ``None`` if < 2 can."""
+    rest = list(preference)[list(preference).index(first) :]
+    group = [
+        n
+        for n in rest
+        if n in PROBED_BACKENDS and n in registered and backend_spec(n).unavailable_reason(sources) is None
+    ]
+    if len(group) < 2 or not sources.onnx:
+        return None
+    card, limits, notes = _details_for(first, sources)
+    if input_card(card).batch not in (None, 1):
+        return None  # a model of one fixed batch is timed by nobody at batch 1: take the preference order
+    # The size a job's largest images run at, under the model's own size rule (a fixed-size model: its size).
+    size = inference_size(*size, max_side=max(size), rule=input_card(card).size)
+    try:
+        backend, result = choose_fastest(
+            [(n, lambda n=n: _first_backend(n, sources)) for n in group],
+            size,
+            sources.onnx[0],
+            sources.threads,
+            cache,
+        )
+    except MoptError as exc:  # one of them does not load this model: take them one by one instead
+        skipped["probe"] = str(exc)
+        return None
+    for other in group:
+        if other != result.chosen:
+            ms = result.latencies_ms
+            skipped[other] = f"slower at {size[0]}x{size[1]} ({ms[other]:.0f} ms to {ms[result.chosen]:.0f} ms)"
+    if not card.is_matte:
+        backend.close()
+        card.require_matte("matte and serve")
+    return BackendChoice(result.chosen, backend, card, skipped, limits, notes, probe=result)
 
 
 # --- the report ------------------------------------------------------------------------------------
@@ -467,9 +544,13 @@ class _MatteRun:
             return MatteFailure(str(image.path), f"cannot read the header: {type(exc).__name__}: {_reason(exc)}")
         if not self.settings.overwrite and output.exists() and is_complete_output(output, size, self.settings.output):
             return None
-        return _Job(image, output, inference_size(
-            *size, self.settings.max_side, min_side=self.settings.min_side, rule=self.settings.size_rule
-        ))
+        return _Job(
+            image,
+            output,
+            inference_size(
+                *size, self.settings.max_side, min_side=self.settings.min_side, rule=self.settings.size_rule
+            ),
+        )
 
     def decode(self, job: _Job) -> _Decoded:
         started = time.perf_counter()

@@ -272,7 +272,7 @@ def _bench_section(bench: Mapping[str, Any] | None, chart: bool) -> list[str]:
     if bench is None or not bench["results"]:
         return [*lines, "Not run: see the bench stage above.", ""]
     header = ["backend", "precision", "device", "batch", "size", "p50 ms", "p90 ms", "p99 ms", "images/s"]
-    header += ["peak MB", "$ / 1k images", "speed-up (p50)", "throughput ×"]
+    header += ["peak MB", "$ / 1k images", "compile s", "speed-up vs eager (p50)", "throughput × vs eager"]
     rows = []
     references = set()
     for r, ratio in _sorted_results(bench["results"]):
@@ -283,7 +283,7 @@ def _bench_section(bench: Mapping[str, Any] | None, chart: bool) -> list[str]:
         row = [_cell(r["backend"]), _cell(r["precision"]), _cell(r["device"]), str(r["batch"])]
         row += [f"{r['height']}x{r['width']}", _num(r["p50_ms"], ".2f"), _num(r["p90_ms"], ".2f")]
         row += [_num(r["p99_ms"], ".2f"), _num(r["images_per_s"], ".1f"), _num(r["peak_mem_mb"], ".0f")]
-        row += [_num(r["cost_per_1k_images_usd"], ".4f"), speedup, throughput]
+        row += [_num(r["cost_per_1k_images_usd"], ".4f"), _num(r.get("compile_s"), ".1f"), speedup, throughput]
         rows.append(row)
     lines += _table(header, rows)
     if references:

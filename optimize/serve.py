@@ -325,17 +325,20 @@ def served_model_from_files(
     engine: Path | None = None,
     backend: str | None = None,
     threads: int | None = None,
+    probe_size: tuple[int, int] | None = None,
 ) -> ServedModel:
     """Load the model to serve with the backend ``mopt matte`` would pick for it.
 
-    An ONNX runs on the best ONNX Runtime provider here (CUDA, else CPU); an engine runs on TensorRT only:
-    serving its source ONNX instead would be a different model than the one asked for.
+    An ONNX runs on the best runtime here (ONNX Runtime CUDA, else the faster of OpenVINO and ONNX Runtime); an
+    engine runs on TensorRT only: serving its source ONNX instead would be a different model than the one asked for.
 
     Args:
         onnx: an ONNX model (exported by ``mopt export``: its metadata holds the normalization).
         engine: a TensorRT engine with its JSON sidecar (its profile bounds the batch and sizes served).
         backend: a registered backend name to use instead of the automatic choice.
-        threads: CPU threads for ONNX Runtime.
+        threads: CPU threads for ONNX Runtime and OpenVINO.
+        probe_size: the largest size served: on a CPU, OpenVINO and ONNX Runtime are timed at it and the faster
+            serves (see :func:`optimize.matte.select_backend`).
 
     Raises:
         MoptError: neither or both given, a missing file or sidecar, or no backend that can run it here.
@@ -362,7 +365,8 @@ def served_model_from_files(
         sources = ModelSources(onnx=[source], threads=threads)
         preference = (backend,) if backend else tuple(n for n in BACKEND_PREFERENCE if n not in ("tensorrt", "torch"))
     fix = "serve another model with --onnx or --engine, or name a backend that runs here with --backend"
-    return ServedModel(select_backend(sources, preference=preference, fix=fix), source, identity)
+    choice = select_backend(sources, preference=preference, fix=fix, probe_size=probe_size)
+    return ServedModel(choice, source, identity)
 
 
 # --- the server ---------------------------------------------------------------------------------------------

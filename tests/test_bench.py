@@ -124,7 +124,10 @@ def test_cli_json_schema(tiny_checkpoint, tiny_simplified_onnx, tmp_path):
         "images_per_s",
         "peak_mem_mb",
         "cost_per_1k_images_usd",
+        "compile_s",
     }
-    assert len(data["results"]) == 2 and all(keys <= set(r) for r in data["results"])
+    # The default backends: eager PyTorch, ONNX Runtime and OpenVINO.
+    assert [r["backend"] for r in data["results"]] == ["torch", "onnxruntime", "openvino"]
+    assert all(keys <= set(r) for r in data["results"]) and all(r["compile_s"] is None for r in data["results"])
     assert all(r["cost_per_1k_images_usd"] > 0 for r in data["results"])
-    assert {"cpu", "cores", "threads", "torch", "onnxruntime", "date"} <= set(data["machine"])
+    assert {"cpu", "cores", "threads", "torch", "onnxruntime", "openvino", "date"} <= set(data["machine"])

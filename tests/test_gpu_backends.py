@@ -35,7 +35,7 @@ def test_gpu_backends_are_registered_with_descriptions() -> None:
 
 def test_importing_the_module_imports_nothing_heavy() -> None:
     code = (
-        "import sys, optimize.gpu_backends; "
+        "import sys, optimize.backends; "
         "print(sorted(m for m in ('torch', 'tensorrt', 'onnxruntime', 'onnx') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path.cwd())
@@ -108,7 +108,7 @@ def fake_cuda_capture(monkeypatch: pytest.MonkeyPatch, fail: bool) -> dict:
 
 
 def test_a_failed_capture_restores_the_stream_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
-    from optimize.gpu_backends import capture_cuda_graph
+    from optimize.backends.cuda import capture_cuda_graph
 
     state = fake_cuda_capture(monkeypatch, fail=True)
     graph, out, reason = capture_cuda_graph(lambda: "output", "engine-stream", "cuda:0")
@@ -122,8 +122,8 @@ def test_a_failed_capture_restores_the_stream_and_says_why(monkeypatch: pytest.M
 
 
 def test_a_capture_whose_step_fails_is_reported_with_the_steps_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from optimize.backends.cuda import capture_cuda_graph
     from optimize.errors import MoptError
-    from optimize.gpu_backends import capture_cuda_graph
 
     state = fake_cuda_capture(monkeypatch, fail=False)
 

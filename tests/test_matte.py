@@ -342,9 +342,13 @@ def test_cli_reports_failures_with_exit_code_1_and_resumes(mixed, tiny_onnx, tmp
             "--report", str(report_path)]  # fmt: skip
     result = runner.invoke(matte_cli.app, args)
     assert result.exit_code == 1, result.output
-    assert "onnxruntime-cpu-fp32" in result.output and f"{len(broken)} failed" in result.output
+    assert f"{len(broken)} failed" in result.output
+    # On a CPU the faster of OpenVINO and ONNX Runtime at the --max-side square runs; the line says which and why.
+    chosen = next(line for line in result.output.splitlines() if line.startswith("backend: "))
+    assert "chosen by probe at 64x64: " in chosen and "OpenVINO" in chosen and "ONNX Runtime" in chosen
     report = json.loads(report_path.read_text())
-    assert report["backend"] == "onnxruntime-cpu-fp32" and report["device"] == "cpu"
+    assert report["backend"] in ("onnxruntime-cpu-fp32", "openvino-cpu-fp32") and report["device"] == "cpu"
+    assert report["backend"] in chosen
     assert report["processed"] == len(good) and report["skipped"] == 0
     assert {Path(f["path"]).relative_to(root).as_posix() for f in report["failed"]} == set(broken)
     assert all(f["reason"] for f in report["failed"])
@@ -391,6 +395,18 @@ def test_cli_without_a_model_says_what_to_pass(tmp_path, monkeypatch):
     Image.fromarray(_pattern(40, 30, 0)).save("in/x.jpg")
     result = runner.invoke(matte_cli.app, ["in", "-o", "out"])
     assert result.exit_code == 1 and "pass --onnx" in str(result.exception)
+
+
+def test_cli_backend_option_overrides_the_choice(tiny_onnx, tmp_path):
+    Image.fromarray(_pattern(40, 30, 0)).save(tmp_path / "x.jpg")
+    args = [str(tmp_path / "x.jpg"), "-o", str(tmp_path / "out"), "--onnx", str(tiny_onnx), "--max-side", "64",
+            "--threads", "1", "--backend", "openvino"]  # fmt: skip
+    result = runner.invoke(matte_cli.app, args)
+    assert result.exit_code == 0, result.output
+    assert "backend: openvino-cpu-fp32 (openvino) on cpu (--backend)" in result.output
+    assert "chosen by probe" not in result.output
+    unknown = runner.invoke(matte_cli.app, [*args[:-1], "fastest"])
+    assert unknown.exit_code != 0 and "unknown backend 'fastest'" in str(unknown.exception or unknown.output)
 
 
 def test_cli_default_is_the_named_bundled_model_not_a_leftover_in_engines(

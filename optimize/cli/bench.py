@@ -29,7 +29,7 @@ from optimize.report import speedups
 from optimize.shapes import parse_ints, parse_sizes
 
 app = typer.Typer()
-DEFAULT_BACKENDS = "torch,onnxruntime"
+DEFAULT_BACKENDS = "torch,onnxruntime,openvino"
 
 
 def print_bench(report: BenchReport) -> None:
@@ -49,6 +49,7 @@ def print_bench(report: BenchReport) -> None:
         "img/s",
         "peak MB",
         "$/1k img",
+        "compile s",
     ):
         table.add_column(column, justify="left" if column in ("backend", "device", "prec") else "right")
     for r in report.results:
@@ -66,14 +67,15 @@ def print_bench(report: BenchReport) -> None:
             f"{r.images_per_s:.2f}",
             mem,
             cost,
+            "-" if r.compile_s is None else f"{r.compile_s:.1f}",
         )
     console.print(table)
     results = [asdict(r) for r in report.results]
     for result, ratio in zip(results, speedups(results)):
         if ratio["reference"] and ratio["speedup_p50"] and result["backend"] != "torch":
             console.print(
-                f"{result['name']:28} batch {result['batch']:<3} {result['height']}x{result['width']}: "
-                f"{ratio['speedup_p50']:.2f}x faster than {ratio['reference']} (median latency)"
+                f"{result['name']:30} batch {result['batch']:<3} {result['height']}x{result['width']}: "
+                f"{ratio['speedup_p50']:.2f}x vs {ratio['reference']} (eager PyTorch, median latency)"
             )
     for r in report.results:
         if r.note:  # e.g. a CUDA graph that could not be captured: the time is of plain launches
@@ -88,7 +90,7 @@ def bench(
     onnx: OnnxModelsOption = None,
     engine: EngineOption = None,
     backend: Annotated[
-        str | None, typer.Option("--backend", help="Comma-separated backends (see docs) [torch,onnxruntime].")
+        str | None, typer.Option("--backend", help="Comma-separated backends (see docs) [torch,onnxruntime,openvino].")
     ] = None,
     batch: Annotated[str, typer.Option("--batch", help="Comma-separated batch sizes.")] = "1,8",
     size: Annotated[str, typer.Option("--size", help="Comma-separated H x W sizes.")] = "512x512",
@@ -105,7 +107,7 @@ def bench(
     batches, sizes = parse_ints(batch, "--batch"), parse_sizes(size)
     explicit_backend = backend is not None
     names = [b.strip() for b in (backend or DEFAULT_BACKENDS).split(",") if b.strip()]
-    needs_onnx = any(n.startswith("onnxruntime") for n in names)
+    needs_onnx = any(n.startswith(("onnxruntime", "openvino")) for n in names)
     named_paths = [*(onnx or []), *([engine] if engine else [])]
     torch_named = explicit_backend and any(n == "torch" or n.startswith("torch-") for n in names)
     if checkpoint != DEFAULT_CHECKPOINT_PATH or torch_named:

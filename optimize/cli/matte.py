@@ -11,16 +11,18 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from optimize.backends import ModelSources
+from optimize.backends import ModelSources, backend_spec
 from optimize.checkpoint import DEFAULT_MATTE_CHECKPOINT
 from optimize.cli.common import ArchOption, ThreadsOption, console
 from optimize.errors import MoptError
 from optimize.images import DEFAULT_PNG_COMPRESSION, parse_color
 from optimize.matte import (
+    BACKEND_PREFERENCE,
     DEFAULT_BATCH,
     MatteReport,
     default_max_side,
     mattes_from_images,
+    probe_size_for,
     select_backend,
 )
 
@@ -135,15 +137,31 @@ def matte(
     ] = DEFAULT_COMPRESSION,
     threads: ThreadsOption = None,
     arch: ArchOption = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend",
+            help="Backend to use (e.g. openvino, onnxruntime, tensorrt, torch) instead of the automatic choice; "
+            "on a CPU the choice times OpenVINO against ONNX Runtime at the --max-side square.",
+        ),
+    ] = None,
 ) -> None:
     """Remove the background of every image: outputs keep the folder structure; exit 1 if any file failed."""
     if background is not None and output != OutputKind.composite:
         raise MoptError(f"--background only applies to --output composite (got --output {output.value})")
     color = parse_color(background) if background is not None else (255, 255, 255)
     sources = model_sources(engine, onnx, checkpoint, arch, threads)
-    choice = select_backend(sources, require_gpu=require_gpu)
+    if backend is not None:
+        backend_spec(backend)  # an unknown name fails here, listing the known ones
+    choice = select_backend(
+        sources,
+        require_gpu=require_gpu,
+        preference=(backend,) if backend else BACKEND_PREFERENCE,
+        probe_size=probe_size_for(max_side),
+    )
     with choice.backend:
-        console.print(f"backend: {choice.backend.name} ({choice.name}) on {choice.backend.device}")
+        why = f", {choice.probe.describe()}" if choice.probe else (" (--backend)" if backend else "")
+        console.print(f"backend: {choice.backend.name} ({choice.name}) on {choice.backend.device}{why}")
         for name, why in choice.skipped.items():
             console.print(f"[dim]  not used: {name}: {why}", highlight=False)
         for note in choice.notes:

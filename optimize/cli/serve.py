@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from optimize.cli.common import ThreadsOption, console
-from optimize.matte import SIZE_STEP
+from optimize.matte import SIZE_STEP, probe_size_for
 from optimize.serve import (
     DEFAULT_HOST,
     DEFAULT_INSTANCES,
@@ -107,9 +107,13 @@ def serve(
     if onnx is None and engine is None:
         onnx = default_onnx_for_serving()
         console.print(f"model: {onnx} (default: the bundled MediaPipe selfie segmentation model, exported)")
-    model = served_model_from_files(onnx=onnx, engine=engine, backend=backend, threads=threads)
+    model = served_model_from_files(
+        onnx=onnx, engine=engine, backend=backend, threads=threads, probe_size=probe_size_for(max_side or 1024)
+    )
     if model.identity is not None:
         console.print(f"model: {escape(model.identity.describe())}")
+    if model.choice.probe is not None:
+        console.print(f"backend: {model.backend.name}, {model.choice.probe.describe()}")
     console.print(f"starting Triton Inference Server for {escape(str(model.source))} ...")
     stats = serve_model(model, options, on_ready=print_ready)
     mean = stats.images / stats.batches if stats.batches else 0.0

@@ -1,4 +1,4 @@
-"""Inference backends: one interface over PyTorch, ONNX Runtime and TensorRT.
+"""The interface every inference backend implements, and the registry of backends by name.
 
 Every consumer (``compare`` through a Polygraphy runner, ``bench``, ``matte``, ``serve``) talks to an
 :class:`InferenceBackend`: host float32 ``N x 3 x H x W`` in, host float32 ``N x 1 x H x W`` alpha out.
@@ -131,26 +131,6 @@ class CpuBackend(InferenceBackend):
         self._peak_mb = None
 
 
-class TorchBackend(CpuBackend):
-    """PyTorch eager FP32 on the CPU: the reference every optimized model is compared against."""
-
-    backend = "torch"
-
-    def __init__(self, model, threads: int | None = None, name: str = "torch-cpu-fp32") -> None:
-        import torch
-
-        if threads:
-            torch.set_num_threads(threads)
-        self.model = model.eval().to("cpu")
-        self.name = name
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            return self.model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).numpy()
-
-
 def onnx_precision(path: str | Path) -> str:
     """The precision mopt recorded in an ONNX file's metadata (``mopt.precision``), ``fp32`` if none."""
     import onnx
@@ -158,55 +138,6 @@ def onnx_precision(path: str | Path) -> str:
     model = onnx.load(str(path), load_external_data=False)
     props = {p.key: p.value for p in model.metadata_props}
     return props.get("mopt.precision", "fp32")
-
-
-class OnnxRuntimeBackend(CpuBackend):
-    """An ONNX file in ONNX Runtime, on the CPU provider or a GPU provider when asked and present."""
-
-    backend = "onnxruntime"
-
-    def __init__(
-        self,
-        onnx_path: str | Path,
-        providers: list[str] | None = None,
-        threads: int | None = None,
-        name: str | None = None,
-        precision: str | None = None,
-    ) -> None:
-        import onnxruntime as ort
-
-        providers = providers or ["CPUExecutionProvider"]
-        missing = [p for p in providers if p not in ort.get_available_providers()]
-        if missing:
-            raise MoptError(
-                f"ONNX Runtime has no {', '.join(missing)} here (available: {', '.join(ort.get_available_providers())})"
-            )
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # warnings about unused initializers are noise to a user
-        try:
-            self.session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
-        except Exception as exc:  # ORT raises its own Fail/InvalidGraph types from a C extension
-            raise MoptError(f"ONNX Runtime cannot load {onnx_path}: {str(exc).splitlines()[0]}") from exc
-        active = self.session.get_providers()
-        if providers[0] not in active:
-            raise MoptError(
-                f"ONNX Runtime could not start {providers[0]} for {onnx_path} (it fell back to {active[0]})"
-            )
-        self.precision = precision or onnx_precision(onnx_path)
-        on_gpu = providers[0] != "CPUExecutionProvider"
-        self.device = "cuda" if on_gpu else "cpu"
-        self.name = name or f"onnxruntime-{'cuda' if on_gpu else 'cpu'}-{self.precision}"
-        self.input_name = self.session.get_inputs()[0].name
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
-
-    def close(self) -> None:
-        self.session = None
 
 
 # --- the registry ---------------------------------------------------------------------------------
@@ -231,23 +162,27 @@ class BackendSpec:
     description: str
     create: Callable[[ModelSources], Iterator[InferenceBackend]]
     unavailable_reason: Callable[[ModelSources], str | None]
+    # False for baselines that only run when named (torch.compile takes minutes per shape): commands that go
+    # through every backend by default (`mopt compare`) leave them out.
+    default: bool = True
 
 
 _BACKENDS: dict[str, BackendSpec] = {}
 
 
 def register_backend(spec: BackendSpec) -> BackendSpec:
+    """Add ``spec`` to the registry under its name (a later spec of the same name replaces it)."""
     _BACKENDS[spec.name] = spec
     return spec
 
 
 def backend_names() -> list[str]:
-    _load_optional_backends()
+    """Every registered backend, in registration order."""
     return list(_BACKENDS)
 
 
 def backend_spec(name: str) -> BackendSpec:
-    _load_optional_backends()
+    """The spec registered as ``name``; unknown names raise a MoptError listing the known ones."""
     if name not in _BACKENDS:
         raise MoptError(f"unknown backend {name!r}; choose from: {', '.join(_BACKENDS)}")
     return _BACKENDS[name]
@@ -269,45 +204,3 @@ def available_backends(names: list[str], sources: ModelSources, skipped: list[di
             yield from spec.create(sources)
         except MoptError as exc:
             skipped.append({"backend": spec.name, "reason": str(exc)})
-
-
-def _load_optional_backends() -> None:
-    """Import the modules that register GPU backends; they import CUDA libraries only when used."""
-    import importlib
-
-    for module in ("optimize.gpu_backends",):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-
-
-def _torch_models(sources: ModelSources) -> Iterator[InferenceBackend]:
-    from optimize.checkpoint import load_checkpoint
-
-    loaded = load_checkpoint(sources.checkpoint, arch=sources.arch)
-    yield TorchBackend(loaded.model, threads=sources.threads)
-
-
-def _onnxruntime_models(sources: ModelSources) -> Iterator[InferenceBackend]:
-    for path in sources.onnx:
-        yield OnnxRuntimeBackend(path, threads=sources.threads)
-
-
-register_backend(
-    BackendSpec(
-        "torch",
-        "PyTorch eager FP32 on the CPU (the reference)",
-        _torch_models,
-        lambda s: None if s.checkpoint else "no checkpoint given",
-    )
-)
-register_backend(
-    BackendSpec(
-        "onnxruntime",
-        "ONNX Runtime CPU provider, one run per ONNX file (FP32, FP16 graph, INT8 Q/DQ)",
-        _onnxruntime_models,
-        lambda s: None if s.onnx else "no ONNX file given (run `mopt export` first)",
-    )
-)

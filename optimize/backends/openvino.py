@@ -1,0 +1,185 @@
+"""OpenVINO backends: any mopt ONNX (FP32, FP16 graph, INT8 Q/DQ) compiled for the CPU by OpenVINO Runtime.
+
+OpenVINO reads the ONNX file itself (``Core.read_model``), so the model is exactly what ONNX Runtime runs: the
+INT8 Q/DQ and FP16 graphs are read as they are. The CPU plugin executes in the precision its
+``INFERENCE_PRECISION_HINT`` says; mopt pins it to ``f32`` for the ``openvino`` backend, because on CPUs with AMX
+OpenVINO would otherwise default to bf16 and an "FP32" result would not be FP32. ``openvino-bf16`` asks for bf16
+on CPUs that have it (``OPTIMIZATION_CAPABILITIES`` lists ``BF16``) and says why not on the others.
+
+The mopt ONNX has a dynamic batch, height and width; the CPU plugin compiles a dynamic model once and infers any
+shape, so no reshape or recompilation happens when a matte job changes bucket.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optimize.backends.base import BackendSpec, CpuBackend, InferenceBackend, ModelSources, onnx_precision
+from optimize.errors import MoptError
+
+DEVICE = "CPU"
+PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
+# mopt's names for OpenVINO's inference precisions, and the capability the CPU must report for each.
+INFERENCE_PRECISIONS = {"fp32": ("f32", "FP32"), "bf16": ("bf16", "BF16"), "fp16": ("f16", "FP16")}
+
+
+def _openvino() -> Any:
+    from optimize.deps import require
+
+    return require("openvino")
+
+
+@functools.lru_cache(maxsize=1)
+def _core() -> Any:
+    """One OpenVINO ``Core`` per process: it loads the device plugins, which is the slow part of starting."""
+    return _openvino().Core()
+
+
+def cpu_capabilities() -> list[str]:
+    """What OpenVINO's CPU plugin says this CPU can do (``FP32``, ``BF16``, ``INT8``, ...)."""
+    return list(_core().get_property(DEVICE, "OPTIMIZATION_CAPABILITIES"))
+
+
+def openvino_unavailable_reason() -> str | None:
+    """Why OpenVINO cannot run here, ``None`` when it can."""
+    try:
+        _openvino()
+    except MoptError as exc:
+        return str(exc)
+    return None
+
+
+def inference_precision_reason(precision: str) -> str | None:
+    """Why this CPU cannot run OpenVINO at ``precision`` (``fp32``, ``bf16``, ``fp16``), ``None`` when it can."""
+    if precision not in INFERENCE_PRECISIONS:
+        raise MoptError(
+            f"unknown OpenVINO inference precision {precision!r}; choose from: {', '.join(INFERENCE_PRECISIONS)}"
+        )
+    reason = openvino_unavailable_reason()
+    if reason:
+        return reason
+    capability = INFERENCE_PRECISIONS[precision][1]
+    capabilities = cpu_capabilities()
+    if capability not in capabilities:
+        name = _core().get_property(DEVICE, "FULL_DEVICE_NAME")
+        return (
+            f"this CPU ({name}) has no {capability} support in OpenVINO (its capabilities: {', '.join(capabilities)})"
+        )
+    return None
+
+
+class OpenVinoBackend(CpuBackend):
+    """An ONNX file compiled by OpenVINO for the CPU.
+
+    Args:
+        onnx_path: any mopt ONNX (one input; dynamic dims are fine). Its first output is returned, as the ONNX
+            Runtime backend does.
+        threads: ``INFERENCE_NUM_THREADS``; ``None`` lets OpenVINO use every core.
+        name: label in reports; defaults to ``openvino-cpu-<precision>``.
+        precision: label for the file's precision; read from its metadata by default.
+        inference_precision: what the CPU computes in: ``fp32`` (default), ``bf16`` or ``fp16`` where the CPU
+            has it (a MoptError says when it does not).
+        performance_hint: ``LATENCY`` (one request as fast as possible, what matte and bench time) or
+            ``THROUGHPUT`` (several streams for parallel requests).
+    """
+
+    backend = "openvino"
+
+    def __init__(
+        self,
+        onnx_path: str | Path,
+        threads: int | None = None,
+        name: str | None = None,
+        precision: str | None = None,
+        inference_precision: str = "fp32",
+        performance_hint: str = "LATENCY",
+    ) -> None:
+        if performance_hint not in PERFORMANCE_HINTS:
+            raise MoptError(
+                f"unknown OpenVINO performance hint {performance_hint!r}; choose from: {', '.join(PERFORMANCE_HINTS)}"
+            )
+        reason = inference_precision_reason(inference_precision)
+        if reason:
+            raise MoptError(f"OpenVINO cannot run {onnx_path} in {inference_precision}: {reason}")
+        core = _core()
+        try:
+            model = core.read_model(str(onnx_path))
+        except RuntimeError as exc:  # OpenVINO reports unreadable or unsupported graphs as RuntimeError
+            raise MoptError(f"OpenVINO cannot read {onnx_path}: {str(exc).strip().splitlines()[0]}") from exc
+        if len(model.inputs) != 1:
+            count = len(model.inputs)
+            raise MoptError(f"{onnx_path} has {count} inputs; mopt's backends run models of one image input")
+        config: dict[str, Any] = {
+            "PERFORMANCE_HINT": performance_hint,
+            "INFERENCE_PRECISION_HINT": INFERENCE_PRECISIONS[inference_precision][0],
+        }
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            self.compiled = core.compile_model(model, DEVICE, config)
+        except RuntimeError as exc:
+            raise MoptError(
+                f"OpenVINO cannot compile {onnx_path} for the CPU: {str(exc).strip().splitlines()[0]}"
+            ) from exc
+        self.request = self.compiled.create_infer_request()
+        self.input_name = model.inputs[0].get_any_name()
+        self.output_name = model.outputs[0].get_any_name()
+        self.inference_precision = inference_precision
+        self.performance_hint = performance_hint
+        file_precision = precision or onnx_precision(onnx_path)
+        # A bf16/fp16 run of an FP32 file is judged as that precision; an FP16/INT8 file keeps its own.
+        self.precision = inference_precision if inference_precision != "fp32" else file_precision
+        self.name = name or f"openvino-cpu-{self.precision}"
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        # The output tensor's buffer is reused by the next call: hand out a copy.
+        return np.array(self.request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+
+    def close(self) -> None:
+        self.request = None
+        self.compiled = None
+
+
+# --- registration ---------------------------------------------------------------------------------------------
+
+
+def _openvino_models(sources: ModelSources) -> Iterator[InferenceBackend]:
+    for path in sources.onnx:
+        yield OpenVinoBackend(path, threads=sources.threads)
+
+
+def _openvino_bf16_models(sources: ModelSources) -> Iterator[InferenceBackend]:
+    # bf16 is a way to run an FP32 model; a graph already in FP16 or INT8 is run by `openvino` as it is.
+    for path in sources.onnx:
+        if onnx_precision(path) == "fp32":
+            yield OpenVinoBackend(path, threads=sources.threads, inference_precision="bf16")
+
+
+def _openvino_reason(sources: ModelSources) -> str | None:
+    if not sources.onnx:
+        return "no ONNX file given (run `mopt export` first)"
+    return openvino_unavailable_reason()
+
+
+def _openvino_bf16_reason(sources: ModelSources) -> str | None:
+    return _openvino_reason(sources) or inference_precision_reason("bf16")
+
+
+OPENVINO = BackendSpec(
+    "openvino",
+    "OpenVINO on the CPU, one run per ONNX file (FP32 computed in f32, FP16 graph, INT8 Q/DQ), latency hint",
+    _openvino_models,
+    _openvino_reason,
+)
+OPENVINO_BF16 = BackendSpec(
+    "openvino-bf16",
+    "OpenVINO on the CPU computing the FP32 ONNX in bf16 (CPUs with BF16 support only)",
+    _openvino_bf16_models,
+    _openvino_bf16_reason,
+)

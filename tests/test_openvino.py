@@ -1,0 +1,89 @@
+"""The OpenVINO backend: numerics against PyTorch, dynamic shapes, compare, registry, precision hints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_compare import altered_copy
+
+from optimize.backends import ModelSources, OpenVinoBackend, backend_names, backend_spec
+from optimize.backends.openvino import cpu_capabilities, inference_precision_reason
+from optimize.checkpoint import IMAGENET, load_checkpoint
+from optimize.compare import PRECISION_TOLERANCES, Candidate, batched_inputs, compare_models, reference_from_checkpoint
+from optimize.errors import MoptError
+
+pytest.importorskip("openvino", reason="OpenVINO is a base dependency: pip install mopt")
+
+
+def test_fp32_matches_pytorch_on_varying_shapes(tiny_checkpoint, tiny_simplified_onnx):
+    model = load_checkpoint(tiny_checkpoint).model.eval()
+    import torch
+
+    with OpenVinoBackend(tiny_simplified_onnx, threads=1) as backend:
+        assert backend.name == "openvino-cpu-fp32" and backend.precision == "fp32" and backend.device == "cpu"
+        assert (backend.input_name, backend.output_name) == ("input", "alpha")
+        rng = np.random.default_rng(0)
+        # One compiled model, any batch and size: the ONNX's dims are dynamic.
+        for shape in [(1, 3, 64, 64), (3, 3, 96, 32), (2, 3, 64, 128)]:
+            x = rng.standard_normal(shape).astype(np.float32)
+            with torch.inference_mode():
+                expected = model(torch.from_numpy(x)).numpy()
+            got = backend.infer(x)
+            assert got.shape == (shape[0], 1, *shape[2:])
+            assert np.abs(got - expected).max() <= PRECISION_TOLERANCES["fp32"].atol
+
+
+def test_output_is_not_overwritten_by_the_next_call(tiny_simplified_onnx):
+    with OpenVinoBackend(tiny_simplified_onnx, threads=1) as backend:
+        first = backend.infer(np.zeros((1, 3, 64, 64), np.float32))
+        kept = first.copy()
+        backend.infer(np.ones((1, 3, 64, 64), np.float32))
+        assert np.array_equal(first, kept)
+
+
+def test_compare_passes_faithful_and_fails_tampered_onnx_through_openvino(
+    tiny_checkpoint, tiny_simplified_onnx, tmp_path
+):
+    bad = altered_copy(tiny_simplified_onnx, tmp_path / "bad.onnx")
+    ref = reference_from_checkpoint(ModelSources(checkpoint=tiny_checkpoint))
+    candidates = [
+        Candidate("ov-good", "fp32", lambda: OpenVinoBackend(tiny_simplified_onnx, threads=1)),
+        Candidate("ov-bad", "fp32", lambda: OpenVinoBackend(bad, threads=1)),
+    ]
+    report = compare_models(ref, candidates, batched_inputs(IMAGENET, 64, 48, batch=2, count=3))
+    good, broken = report.candidates
+    assert good.passed and good.max_abs <= 1e-4
+    assert not broken.passed and not report.passed and any("atol" in f for f in broken.failures)
+
+
+def test_registered_and_in_compare_candidates(tiny_simplified_onnx):
+    from optimize.compare import candidates_from_sources
+
+    assert {"openvino", "openvino-bf16"} <= set(backend_names())
+    assert "no ONNX file given" in backend_spec("openvino").unavailable_reason(ModelSources())
+    candidates, _ = candidates_from_sources(ModelSources(onnx=[tiny_simplified_onnx], threads=1), ["openvino"])
+    assert [(c.name, c.precision) for c in candidates] == [("openvino-cpu-fp32", "fp32")]
+
+
+def test_bf16_runs_where_the_cpu_has_it_and_says_why_not_elsewhere(tiny_simplified_onnx, monkeypatch):
+    if "BF16" in cpu_capabilities():
+        with OpenVinoBackend(tiny_simplified_onnx, threads=1, inference_precision="bf16") as backend:
+            assert backend.precision == "bf16" and backend.name == "openvino-cpu-bf16"
+            assert backend.infer(np.zeros((1, 3, 64, 64), np.float32)).shape == (1, 1, 64, 64)
+    from optimize.backends import openvino as ov_mod
+
+    monkeypatch.setattr(ov_mod, "cpu_capabilities", lambda: ["FP32", "INT8"])
+    reason = inference_precision_reason("bf16")
+    assert reason and "no BF16 support" in reason and "FP32, INT8" in reason
+    assert backend_spec("openvino-bf16").unavailable_reason(ModelSources(onnx=[tiny_simplified_onnx])) == reason
+    with pytest.raises(MoptError, match="cannot run .* in bf16"):
+        OpenVinoBackend(tiny_simplified_onnx, inference_precision="bf16")
+
+
+def test_bad_options_and_files_are_user_errors(tiny_simplified_onnx, tmp_path):
+    with pytest.raises(MoptError, match="performance hint 'FAST'.*LATENCY, THROUGHPUT"):
+        OpenVinoBackend(tiny_simplified_onnx, performance_hint="FAST")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(MoptError, match="OpenVINO cannot read"):
+        OpenVinoBackend(junk)
