@@ -470,3 +470,25 @@ def test_image_to_image_model_is_compared_by_psnr_and_refused_by_matte(tmp_path,
     refused = run_mopt("matte", photos, "-o", tmp_path / "out", "--onnx", result.path, cwd=tmp_path)
     one_line_error(refused, "matting model", "3-channel")
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_bench_measures_a_fixed_size_model_at_its_size_and_refuses_another(rembg_like_onnx, tmp_path):
+    result = import_model(rembg_like_onnx, tmp_path / "fixed.onnx")
+    common = ["--onnx", result.path, "--backend", "onnxruntime", "--batch", 1, "--iterations", 1, "--warmup", 0]
+    measured = run_mopt("bench", *common, "--json", tmp_path / "b.json", cwd=tmp_path)
+    assert measured.returncode == 0, measured.stdout + measured.stderr
+    rows = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert rows and all((r["height"], r["width"]) == (320, 320) for r in rows)
+    one_line_error(run_mopt("bench", *common, "--size", "512x512", cwd=tmp_path), "512x512", "fixed at 320x320")
+
+
+def test_import_of_mediapipe_tflite_through_the_cli(tmp_path):
+    from optimize.checkpoint import load_checkpoint
+    from optimize.tflite_import import bundled_tflite
+
+    result = run_mopt("import", bundled_tflite(), "-o", tmp_path / "selfie.pth", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    loaded = load_checkpoint(tmp_path / "selfie.pth")
+    assert loaded.arch == "mediapipe-selfie" and loaded.card.mean is None and loaded.card.preferred_side == 256
+    refused = run_mopt("import", bundled_tflite(), "-o", tmp_path / "x.pth", "--bgr", cwd=tmp_path)
+    one_line_error(refused, "drop the card options")

@@ -30,6 +30,7 @@ from optimize.shapes import parse_ints, parse_sizes
 
 app = typer.Typer()
 DEFAULT_BACKENDS = "torch,onnxruntime,openvino"
+DEFAULT_BENCH_SIZE = "512x512"
 
 
 def print_bench(report: BenchReport) -> None:
@@ -84,6 +85,19 @@ def print_bench(report: BenchReport) -> None:
         console.print(f"[dim]skipped {escape(s['backend'])}: {escape(s['reason'])}")
 
 
+def bench_card(sources: ModelSources):
+    """The card of the model bench measures (its first ONNX, else its checkpoint), or None if there is none."""
+    from optimize.onnx_model import card_of_onnx
+
+    if sources.onnx:
+        return card_of_onnx(sources.onnx[0])
+    if sources.checkpoint is not None and sources.checkpoint.is_file():
+        from optimize.checkpoint import load_checkpoint
+
+        return load_checkpoint(sources.checkpoint, arch=sources.arch).card
+    return None
+
+
 @app.command("bench")
 def bench(
     checkpoint: CheckpointOption = DEFAULT_CHECKPOINT_PATH,
@@ -93,7 +107,9 @@ def bench(
         str | None, typer.Option("--backend", help="Comma-separated backends (see docs) [torch,onnxruntime,openvino].")
     ] = None,
     batch: Annotated[str, typer.Option("--batch", help="Comma-separated batch sizes.")] = "1,8",
-    size: Annotated[str, typer.Option("--size", help="Comma-separated H x W sizes.")] = "512x512",
+    size: Annotated[
+        str | None, typer.Option("--size", help="Comma-separated H x W sizes [512x512, or the model's fixed size].")
+    ] = None,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs before timing.")] = 3,
     iterations: Annotated[int, typer.Option("--iterations", min=1, help="Timed runs per measurement.")] = 20,
     threads: ThreadsOption = None,
@@ -104,7 +120,7 @@ def bench(
     json_path: JsonOption = None,
 ) -> None:
     """Benchmark each backend at each batch and size after warm-up; print a table, optionally write JSON."""
-    batches, sizes = parse_ints(batch, "--batch"), parse_sizes(size)
+    batches, sizes = parse_ints(batch, "--batch"), parse_sizes(size or DEFAULT_BENCH_SIZE)
     explicit_backend = backend is not None
     names = [b.strip() for b in (backend or DEFAULT_BACKENDS).split(",") if b.strip()]
     needs_onnx = any(n.startswith(("onnxruntime", "openvino")) for n in names)
@@ -122,6 +138,12 @@ def bench(
         arch=arch,
         threads=threads,
     )
+    # The model card says which sizes the model runs at: a fixed-size model is measured at its size.
+    card = bench_card(sources)
+    if card is not None and card.size.fixed and size is None:
+        sizes = [tuple(card.size.fixed)]
+    for height, width in sizes if card is not None else []:
+        card.size.check(height, width, what="--size")
     if explicit_backend:  # a backend asked for by name that cannot run here is an error, not a skipped row
         for name in names:
             if reason := backend_spec(name).unavailable_reason(sources):
