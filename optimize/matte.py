@@ -304,9 +304,12 @@ def select_backend(
     raise MoptError(f"no backend can run the model ({why}); {fix}")
 
 
-def probe_size_for(max_side: int) -> tuple[int, int]:
-    """The size the CPU runtimes are timed at for a run with ``max_side``: the largest bucket, a square."""
-    side = max(SIZE_STEP, max_side // SIZE_STEP * SIZE_STEP)
+def probe_size_for(max_side: int | None) -> tuple[int, int]:
+    """The size the CPU runtimes are timed at for a run with ``max_side``: the largest bucket, a square.
+
+    Without ``--max-side`` the default side is probed (the model card, read after the choice, may lower it).
+    """
+    side = max(SIZE_STEP, (max_side or DEFAULT_MAX_SIDE) // SIZE_STEP * SIZE_STEP)
     return side, side
 
 

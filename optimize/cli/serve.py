@@ -108,7 +108,7 @@ def serve(
         onnx = default_onnx_for_serving()
         console.print(f"model: {onnx} (default: the bundled MediaPipe selfie segmentation model, exported)")
     model = served_model_from_files(
-        onnx=onnx, engine=engine, backend=backend, threads=threads, probe_size=probe_size_for(max_side or 1024)
+        onnx=onnx, engine=engine, backend=backend, threads=threads, probe_size=probe_size_for(max_side)
     )
     if model.identity is not None:
         console.print(f"model: {escape(model.identity.describe())}")
