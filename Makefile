@@ -9,6 +9,7 @@ EXTRAS ?= dev,precision,serve
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 REPORT ?= reports/latest
+CHECKPOINT ?= checkpoints/cvunet.pth
 PYTEST_ARGS ?=
 
 .PHONY: setup test compare bench lint clean checkpoint recipes
@@ -26,7 +27,7 @@ test: setup
 
 # The main job: checkpoint -> export -> simplify -> (TensorRT engine) -> compare -> bench -> report.
 compare: setup
-	$(BIN)/mopt pipeline --checkpoint checkpoints/cvunet.pth --report $(REPORT)
+	$(BIN)/mopt pipeline --checkpoint $(CHECKPOINT) --report $(REPORT)
 
 bench: setup
 	$(BIN)/mopt bench --backend torch,onnxruntime --batch 1,8 --size 512x512 --threads 2 --json $(REPORT)/bench.json
