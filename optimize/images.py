@@ -544,10 +544,7 @@ def output_status(path: str | Path, size: tuple[int, int], output: str) -> str:
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            if f.tell() < len(PNG_SIGNATURE) + len(PNG_END):
-                return "truncated"
-            f.seek(-len(PNG_END), os.SEEK_END)
+            f.seek(-len(PNG_END), os.SEEK_END)  # OSError for a file shorter than that: truncated, below
             ends_whole = f.read() == PNG_END
         with Image.open(path, formats=("PNG",)) as picture:
             if picture.size != (size[1], size[0]) or picture.mode != OUTPUT_MODES[output]:

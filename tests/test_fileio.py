@@ -82,3 +82,10 @@ def test_file_sha256_is_the_sha256_of_the_whole_file(tmp_path):
     assert file_sha256(path) != hashlib.sha256(data).hexdigest()
     (tmp_path / "empty").write_bytes(b"")
     assert file_sha256(tmp_path / "empty") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+def test_write_json_keeps_the_order_it_was_given(tmp_path):
+    """Reports put the verdict first: keys are written in the order given, not sorted."""
+    path = write_json(tmp_path / "r.json", {"passed": False, "candidates": [{"name": "x"}], "inputs": {}})
+    expected = '{\n  "passed": false,\n  "candidates": [\n    {\n      "name": "x"\n    }\n  ],\n  "inputs": {}\n}\n'
+    assert path.read_text() == expected

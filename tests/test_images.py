@@ -29,6 +29,7 @@ from optimize.images import (
     parse_color,
     preprocess,
     resize_alpha,
+    resize_rgb,
     save_png,
 )
 
@@ -256,6 +257,25 @@ def test_resize_alpha_is_bilinear_by_an_independent_oracle():
         assert np.abs(nearest_upscale(small, height, width) - expected).max() > 10 / 255
 
 
+def test_resize_alpha_takes_any_float_matte_and_returns_float32():
+    alpha = np.linspace(0, 1, 12 * 16).reshape(12, 16)  # float64, as a caller's own matte may be
+    same = resize_alpha(alpha, 12, 16)
+    assert same.dtype == np.float32 and np.array_equal(same, alpha.astype(np.float32))
+    bigger = resize_alpha(alpha, 24, 32)
+    assert bigger.dtype == np.float32
+    np.testing.assert_allclose(bigger, bilinear_upscale(alpha, 24, 32), atol=1e-5)
+
+
+def test_resize_rgb_is_bilinear_by_the_same_oracle():
+    rgb = _pattern(10, 14, 3)
+    big = resize_rgb(rgb, 31, 45)
+    assert big.shape == (31, 45, 3) and big.dtype == np.uint8
+    expected = np.stack([bilinear_upscale(rgb[..., c], 31, 45) for c in range(3)], axis=-1)
+    assert np.abs(big - expected).max() <= 1.0  # Pillow's 8-bit fixed-point arithmetic rounds
+    assert np.abs(nearest_upscale(rgb[..., 0], 31, 45) - expected[..., 0]).max() > 10
+    assert resize_rgb(rgb, 10, 14) is rgb  # already the size: no work, no copy
+
+
 def test_resize_alpha_stays_float_and_in_range():
     alpha = np.linspace(0, 1, 32 * 16, dtype=np.float32).reshape(32, 16)
     big = resize_alpha(alpha, 97, 41)
@@ -440,6 +460,8 @@ def test_a_corrupt_output_is_truncated_and_a_wrong_one_different(tmp_path):
     assert output_status(tmp_path / "x.png", (64, 64), "rgba") == "truncated"
     (tmp_path / "text.png").write_text("not a PNG at all, but long enough to have a tail\n")
     assert output_status(tmp_path / "text.png", (64, 64), "rgba") == "truncated"
+    (tmp_path / "tiny.png").write_bytes(b"\x89PNG")  # shorter than the IEND chunk it should end with
+    assert output_status(tmp_path / "tiny.png", (64, 64), "rgba") == "truncated"
     _complete_rgba_png(tmp_path / "y.png")
     assert output_status(tmp_path / "y.png", (64, 65), "rgba") == "different"
     assert output_status(tmp_path / "y.png", (64, 64), "alpha") == "different"
