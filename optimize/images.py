@@ -530,7 +530,6 @@ def save_png(picture: Image.Image | np.ndarray, path: str | Path, compression: s
 # The last 12 bytes of every PNG mopt writes. Pillow decodes a file whose final bytes (the deflate checksum,
 # the chunk CRCs, IEND) are missing without complaint, so a truncated output is only seen at its end.
 PNG_END = _png_chunk(b"IEND", b"")
-OUTPUT_STATUSES = ("complete", "missing", "truncated", "different")
 
 
 def output_status(path: str | Path, size: tuple[int, int], output: str) -> str:

@@ -53,7 +53,7 @@ class HalfBackend(InferenceBackend):
         self.shapes.append(batch.shape)
         if len(self.shapes) == self.interrupt_on_call:
             # Ctrl-C once earlier batches are being written, as in a real run (encodes lag inference).
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 120
             while not list(self.outdir.rglob("*.png")) and time.monotonic() < deadline:
                 time.sleep(0.01)
             raise KeyboardInterrupt
@@ -342,8 +342,13 @@ def block_on_third_call(infer, marker):
 """
 
 
+def renamed_outputs(folder: Path) -> list[Path]:
+    """Outputs under their final names (a temporary file being written starts with a dot)."""
+    return [p for p in folder.glob("*.png") if not p.name.startswith(".")]
+
+
 def _two_outputs_and_blocked(out: Path, marker: Path) -> Callable[[], bool]:
-    return lambda: marker.exists() and len(list(out.glob("*.png"))) >= 2
+    return lambda: marker.exists() and len(renamed_outputs(out)) >= 2
 
 
 @pytest.mark.slow
@@ -375,7 +380,7 @@ mattes_from_images([{str(tmp_path / "in")!r}], {str(out)!r}, backend=Grey(), nor
     finally:
         process.kill()
     assert process.returncode != 0 and b"KeyboardInterrupt" in stderr
-    written = list(out.glob("*.png"))
+    written = renamed_outputs(out)
     assert len(written) == 2 and leftovers(out) == []
     for path in written:
         with Image.open(path) as picture:
@@ -408,7 +413,7 @@ main()
         process.kill()
     assert process.returncode == 130, (stdout, stderr)
     assert "run the same command again" in stdout and "Traceback" not in stderr
-    written = sorted(out.glob("*.png"))
+    written = renamed_outputs(out)
     assert len(written) == 2 and leftovers(out) == []
     for path in written:
         with Image.open(path) as picture:
@@ -416,7 +421,7 @@ main()
     resumed = subprocess.run([*MOPT, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "4 written, 2 already complete" in resumed.stdout
-    assert len(list(out.glob("*.png"))) == 6 and leftovers(out) == []
+    assert len(renamed_outputs(out)) == 6 and leftovers(out) == []
 
 
 # --- never overwriting inputs ----------------------------------------------------------------------
