@@ -538,7 +538,7 @@ def output_status(path: str | Path, size: tuple[int, int], output: str) -> str:
     ``complete``: a PNG of ``size`` (height, width) and of the pixel mode ``output`` writes, that ends with its
     IEND chunk and decodes to the end. ``truncated``: a file that is cut short or does not decode (a copy or
     a crash outside mopt, a full disk); ``different``: a whole image of another size or kind. Decoding costs
-    about 8 ms per 1024 x 1024 RGBA output (docs/testing.md), small beside writing it again.
+    about 10 ms per 1024 x 1024 RGBA output on a free core (docs/testing.md), little beside writing it again.
     """
     path = Path(path)
     try:
