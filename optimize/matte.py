@@ -40,11 +40,11 @@ from optimize.images import (
     DecodedImage,
     ImageInput,
     expand_image_inputs,
-    is_complete_output,
     load_image,
     matte_pixels,
     oriented_size,
     output_paths,
+    output_status,
     png_level,
     preprocess,
     resize_alpha,
@@ -388,6 +388,7 @@ class MatteReport:
         p50_ms, p99_ms: per-image latency, from the start of decoding to the output being renamed into place.
         buckets: inference size ``HxW`` -> images processed at it.
         stage_s: seconds spent decoding, inferring and encoding, summed over threads.
+        redone: outputs that were there but truncated or unreadable, and were written again.
     """
 
     backend: str
@@ -411,6 +412,7 @@ class MatteReport:
     buckets: dict[str, int]
     stage_s: dict[str, float]
     interrupted: bool = False
+    redone: int = 0
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -458,6 +460,7 @@ class _Job:
     image: ImageInput
     output: Path
     bucket: tuple[int, int]  # inference size from the header's oriented size
+    truncated: bool = False  # an earlier output is there but cut short: this run replaces it
 
 
 @dataclass
@@ -529,7 +532,7 @@ class _MatteRun:
         self.buckets: dict[str, int] = {}
         self.stage = {"decode": 0.0, "infer": 0.0, "encode": 0.0}
         self.lock = threading.Lock()  # stage totals are added to from worker threads
-        self.processed = self.skipped = self.finished = 0
+        self.processed = self.skipped = self.finished = self.redone = 0
         self.encoding: dict[Future, _Decoded] = {}  # encodes submitted and not yet tallied
         self.started = time.perf_counter()
         self.scan_s = 0.0
@@ -545,15 +548,13 @@ class _MatteRun:
             return MatteFailure(str(image.path), _reason(exc).removeprefix(f"cannot read image {image.path}: "))
         except Exception as exc:  # a header parser's own error type (corrupt EXIF): report the file, go on
             return MatteFailure(str(image.path), f"cannot read the header: {type(exc).__name__}: {_reason(exc)}")
-        if not self.settings.overwrite and output.exists() and is_complete_output(output, size, self.settings.output):
+        status = "missing" if self.settings.overwrite else output_status(output, size, self.settings.output)
+        if status == "complete":
             return None
-        return _Job(
-            image,
-            output,
-            inference_size(
-                *size, self.settings.max_side, min_side=self.settings.min_side, rule=self.settings.size_rule
-            ),
+        bucket = inference_size(
+            *size, self.settings.max_side, min_side=self.settings.min_side, rule=self.settings.size_rule
         )
+        return _Job(image, output, bucket, truncated=status == "truncated")
 
     def decode(self, job: _Job) -> _Decoded:
         started = time.perf_counter()
@@ -601,6 +602,7 @@ class _MatteRun:
                 self.skipped += 1
             else:
                 jobs.append(result)
+                self.redone += result.truncated
             if scanned % 64 == 0 or scanned == total:
                 self.notify("scan", scanned, total)
         self.scan_s = time.perf_counter() - self.started
@@ -718,6 +720,7 @@ class _MatteRun:
             buckets=dict(sorted(self.buckets.items())),
             stage_s={k: round(v, 3) for k, v in self.stage.items()},
             interrupted=interrupted,
+            redone=self.redone,
         )
 
 

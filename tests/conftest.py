@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,15 +11,28 @@ import torch
 from architectures import create_model
 from optimize.checkpoint import save_checkpoint
 
+# `make mutation` runs the tests once per mutant, each time in a new session: there the tiny model is built once
+# into this folder and reused, rather than exported again for every mutant (none of the mutated modules makes it).
+ARTIFACT_CACHE = os.environ.get("MOPT_TEST_ARTIFACTS")
+
 
 @pytest.fixture(scope="session")
 def artifacts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if ARTIFACT_CACHE:
+        Path(ARTIFACT_CACHE).mkdir(parents=True, exist_ok=True)
+        return Path(ARTIFACT_CACHE)
     return tmp_path_factory.mktemp("artifacts")
+
+
+def _cached(path: Path) -> bool:
+    return bool(ARTIFACT_CACHE) and path.is_file()
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(artifacts_dir: Path) -> Path:
     """A cvunet-tiny checkpoint with non-trivial BatchNorm statistics (random init leaves them at 0/1)."""
+    if _cached(artifacts_dir / "tiny.pth"):
+        return artifacts_dir / "tiny.pth"
     torch.manual_seed(0)
     model = create_model("cvunet-tiny")
     with torch.no_grad():
@@ -34,6 +48,8 @@ def tiny_checkpoint(artifacts_dir: Path) -> Path:
 def tiny_onnx(tiny_checkpoint: Path, artifacts_dir: Path) -> Path:
     from optimize.export import onnx_from_checkpoint
 
+    if _cached(artifacts_dir / "tiny.onnx"):
+        return artifacts_dir / "tiny.onnx"
     return onnx_from_checkpoint(tiny_checkpoint, artifacts_dir / "tiny.onnx").path
 
 
@@ -41,6 +57,8 @@ def tiny_onnx(tiny_checkpoint: Path, artifacts_dir: Path) -> Path:
 def tiny_simplified_onnx(tiny_onnx: Path) -> Path:
     from optimize.simplify import simplified_onnx_from_onnx
 
+    if _cached(tiny_onnx.with_suffix(".sim.onnx")):
+        return tiny_onnx.with_suffix(".sim.onnx")
     return simplified_onnx_from_onnx(tiny_onnx).path
 
 

@@ -52,13 +52,24 @@ def test_measure_records_whether_a_cuda_graph_was_replayed_and_why_not():
 
 
 def test_rss_sampler_keeps_the_peak_of_the_window(monkeypatch):
-    import time
+    import threading
 
-    readings = iter([100, 100, 300, 200] + [150] * 10_000)
+    # The window is held open until the sampling thread has read through the spike: however slowly the thread
+    # is scheduled, the readings it sees are the same.
+    spike = iter([100, 100, 300, 200])
+    past_the_spike = threading.Event()
+
+    def reading() -> int:
+        value = next(spike, None)
+        if value is None:
+            past_the_spike.set()
+            return 150
+        return value
+
     sampler = RssPeakSampler(interval_s=0.0005)
-    monkeypatch.setattr(sampler, "_rss", lambda: next(readings))
+    monkeypatch.setattr(sampler, "_rss", reading)
     with sampler:
-        time.sleep(0.05)  # the sampling thread reads through the spike
+        assert past_the_spike.wait(timeout=60), "the sampling thread never ran"
     assert sampler.peak_bytes == 300
 
 

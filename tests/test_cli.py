@@ -144,3 +144,26 @@ def test_convert_precision_refuses_to_overwrite_a_model_made_with_other_settings
     forced = run_mopt("convert-precision", tiny_simplified_onnx, *args, "--force", cwd=work)
     assert forced.returncode == 0, forced.stderr
     assert out.read_bytes() != before
+
+
+def test_compare_with_a_missing_images_folder(work, tiny_checkpoint, tiny_onnx):
+    result = run_mopt(
+        "compare", "-c", tiny_checkpoint, "--onnx", tiny_onnx, "--images", work / "photos", "--json", work / "c.json",
+        cwd=work,
+    )  # fmt: skip
+    assert_one_line_error(result, "image folder", "photos", "does not exist")
+    assert sorted(work.iterdir()) == []
+
+
+def test_quantize_with_a_missing_calibration_folder(work, tiny_onnx):
+    output = work / "model.int8.onnx"
+    result = run_mopt("quantize", tiny_onnx, "--int8", "--calib", work / "calib", "-o", output, cwd=work)
+    assert_one_line_error(result, "calib", "does not exist")
+    assert sorted(work.iterdir()) == []
+
+
+def test_the_console_script_is_the_module_entry_point():
+    """`mopt` (what the Makefile and users run) and `python -m optimize.cli.main` (what these tests run) are one."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"] == {"mopt": "optimize.cli.main:main"}

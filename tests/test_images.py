@@ -25,9 +25,11 @@ from optimize.images import (
     matte_image,
     oriented_size,
     output_paths,
+    output_status,
     parse_color,
     preprocess,
     resize_alpha,
+    resize_rgb,
     save_png,
 )
 
@@ -218,6 +220,62 @@ def test_preprocess_matches_the_formula():
     np.testing.assert_allclose(x[0, 1], expected, atol=1e-6)
 
 
+def bilinear_upscale(alpha: np.ndarray, height: int, width: int) -> np.ndarray:
+    """An oracle written from the definition, not from mopt's code: separable linear interpolation between
+    pixel centres (output pixel ``i`` sits at input coordinate ``(i + 0.5) * in / out - 0.5``), edges clamped."""
+
+    def weights(size_in: int, size_out: int) -> np.ndarray:
+        matrix = np.zeros((size_out, size_in))
+        for i in range(size_out):
+            x = min(max((i + 0.5) * size_in / size_out - 0.5, 0.0), size_in - 1.0)
+            left = int(np.floor(x))
+            right = min(left + 1, size_in - 1)
+            matrix[i, left] += 1.0 - (x - left)
+            matrix[i, right] += x - left
+        return matrix
+
+    rows, cols = weights(alpha.shape[0], height), weights(alpha.shape[1], width)
+    return rows @ alpha.astype(np.float64) @ cols.T
+
+
+def nearest_upscale(alpha: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resizing, what a matte must not be resized back with (blocky edges)."""
+    rows = np.minimum(((np.arange(height) + 0.5) * alpha.shape[0] / height).astype(int), alpha.shape[0] - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * alpha.shape[1] / width).astype(int), alpha.shape[1] - 1)
+    return alpha[rows][:, cols].astype(np.float64)
+
+
+def test_resize_alpha_is_bilinear_by_an_independent_oracle():
+    # A soft disc edge plus a ramp: values between the samples are what bilinear and nearest disagree on.
+    yy, xx = np.mgrid[0:12, 0:16].astype(np.float32)
+    small = np.clip(1.2 - np.hypot(yy - 5.5, xx - 7.5) / 5.0, 0, 1) * 0.7 + xx / 15 * 0.3
+    for height, width in ((48, 64), (37, 53), (12, 41)):  # x4, odd factors, one axis kept
+        resized = resize_alpha(small, height, width)
+        expected = bilinear_upscale(small, height, width)
+        np.testing.assert_allclose(resized, expected, atol=1e-5)
+        # The oracle is sharp enough to tell the filters apart: nearest is several 8-bit steps off.
+        assert np.abs(nearest_upscale(small, height, width) - expected).max() > 10 / 255
+
+
+def test_resize_alpha_takes_any_float_matte_and_returns_float32():
+    alpha = np.linspace(0, 1, 12 * 16).reshape(12, 16)  # float64, as a caller's own matte may be
+    same = resize_alpha(alpha, 12, 16)
+    assert same.dtype == np.float32 and np.array_equal(same, alpha.astype(np.float32))
+    bigger = resize_alpha(alpha, 24, 32)
+    assert bigger.dtype == np.float32
+    np.testing.assert_allclose(bigger, bilinear_upscale(alpha, 24, 32), atol=1e-5)
+
+
+def test_resize_rgb_is_bilinear_by_the_same_oracle():
+    rgb = _pattern(10, 14, 3)
+    big = resize_rgb(rgb, 31, 45)
+    assert big.shape == (31, 45, 3) and big.dtype == np.uint8
+    expected = np.stack([bilinear_upscale(rgb[..., c], 31, 45) for c in range(3)], axis=-1)
+    assert np.abs(big - expected).max() <= 1.0  # Pillow's 8-bit fixed-point arithmetic rounds
+    assert np.abs(nearest_upscale(rgb[..., 0], 31, 45) - expected[..., 0]).max() > 10
+    assert resize_rgb(rgb, 10, 14) is rgb  # already the size: no work, no copy
+
+
 def test_resize_alpha_stays_float_and_in_range():
     alpha = np.linspace(0, 1, 32 * 16, dtype=np.float32).reshape(32, 16)
     big = resize_alpha(alpha, 97, 41)
@@ -377,9 +435,34 @@ def test_encode_png_refuses_other_arrays():
         encode_png(np.zeros((4, 4, 2), np.uint8))
 
 
-def test_truncated_output_is_not_complete(tmp_path):
-    picture = matte_image(DecodedImage(_pattern(64, 64, 0)), np.ones((64, 64), np.float32), "rgba")
-    save_png(picture, tmp_path / "x.png")
-    data = (tmp_path / "x.png").read_bytes()
-    (tmp_path / "x.png").write_bytes(data[:20])
+def _complete_rgba_png(path: Path, size: int = 64) -> bytes:
+    rgba = np.dstack([_pattern(size, size, 0), np.tile(np.linspace(0, 255, size, dtype=np.uint8), (size, 1))])
+    save_png(rgba, path)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("keep", [45, 0.5, -20, -12, -1])
+def test_an_output_cut_anywhere_is_truncated_not_complete(tmp_path, keep):
+    """Cut after the header (45 bytes: size and mode readable), mid-IDAT, in the deflate checksum (Pillow still
+    decodes every pixel), before IEND, or by one byte: never complete, so a re-run writes it again."""
+    data = _complete_rgba_png(tmp_path / "whole.png")
+    assert output_status(tmp_path / "whole.png", (64, 64), "rgba") == "complete"
+    cut = int(len(data) * keep) if isinstance(keep, float) else keep if keep > 0 else len(data) + keep
+    (tmp_path / "x.png").write_bytes(data[:cut])
+    assert output_status(tmp_path / "x.png", (64, 64), "rgba") == "truncated"
     assert not is_complete_output(tmp_path / "x.png", (64, 64), "rgba")
+
+
+def test_a_corrupt_output_is_truncated_and_a_wrong_one_different(tmp_path):
+    data = bytearray(_complete_rgba_png(tmp_path / "x.png"))
+    data[len(data) // 2] ^= 0xFF  # a flipped byte inside the pixel data
+    (tmp_path / "x.png").write_bytes(bytes(data))
+    assert output_status(tmp_path / "x.png", (64, 64), "rgba") == "truncated"
+    (tmp_path / "text.png").write_text("not a PNG at all, but long enough to have a tail\n")
+    assert output_status(tmp_path / "text.png", (64, 64), "rgba") == "truncated"
+    (tmp_path / "tiny.png").write_bytes(b"\x89PNG")  # shorter than the IEND chunk it should end with
+    assert output_status(tmp_path / "tiny.png", (64, 64), "rgba") == "truncated"
+    _complete_rgba_png(tmp_path / "y.png")
+    assert output_status(tmp_path / "y.png", (64, 65), "rgba") == "different"
+    assert output_status(tmp_path / "y.png", (64, 64), "alpha") == "different"
+    assert output_status(tmp_path / "none.png", (64, 64), "rgba") == "missing"

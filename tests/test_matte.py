@@ -9,12 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from test_images import _pattern, write_mixed_folder
+from test_images import _pattern, bilinear_upscale, nearest_upscale, write_mixed_folder
 from typer.testing import CliRunner
 
 from optimize import backends
@@ -34,6 +35,7 @@ from optimize.matte import (
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
+MOPT = [sys.executable, "-m", "optimize.cli.main"]
 
 
 class HalfBackend(InferenceBackend):
@@ -51,7 +53,7 @@ class HalfBackend(InferenceBackend):
         self.shapes.append(batch.shape)
         if len(self.shapes) == self.interrupt_on_call:
             # Ctrl-C once earlier batches are being written, as in a real run (encodes lag inference).
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 120
             while not list(self.outdir.rglob("*.png")) and time.monotonic() < deadline:
                 time.sleep(0.01)
             raise KeyboardInterrupt
@@ -220,6 +222,34 @@ def test_large_images_are_inferred_at_bounded_size_and_mattes_are_full_size(tmp_
     np.testing.assert_array_equal(wide[:, 500:], original[:, 500:])  # alpha 1 -> the image at full resolution
 
 
+class WaveBackend(InferenceBackend):
+    """A known smooth matte at the inference size, steep enough (~0.2 per pixel) to show how it is resized."""
+
+    name = "wave"
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        n, _, h, w = batch.shape
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        wave = 0.5 + 0.45 * np.sin(xx / 2.0) * np.cos(yy / 3.0)
+        return np.broadcast_to(wave, (n, 1, h, w)).copy()
+
+
+def test_the_matte_is_resized_back_bilinearly(tmp_path):
+    """The written matte is the inference-size matte upscaled by a bilinear filter computed without mopt's code."""
+    (tmp_path / "in").mkdir()
+    Image.fromarray(_pattern(150, 200, 0)).save(tmp_path / "in" / "x.png")  # inferred at 96x128 (max side 128)
+    backend = WaveBackend()
+    mattes_from_images([tmp_path / "in"], tmp_path / "out", backend=backend, normalization=IMAGENET,
+                       output="alpha", max_side=128)  # fmt: skip
+    small = backend.infer(np.zeros((1, 3, 96, 128), np.float32))[0, 0]
+    written = np.asarray(Image.open(tmp_path / "out" / "x.png"), np.float64)
+    assert written.shape == (150, 200)
+    expected = np.clip(bilinear_upscale(small, 150, 200) * 255, 0, 255)
+    assert np.abs(written - expected).max() <= 0.5 + 1e-3  # 8-bit rounding only
+    nearest = np.clip(nearest_upscale(small, 150, 200) * 255, 0, 255)
+    assert np.abs(written - nearest).max() > 10  # the check tells bilinear from nearest by far
+
+
 def test_rerun_processes_nothing_new_and_redoes_incomplete_outputs(mixed, tiny_onnx, tmp_path):
     root, good, broken = mixed
     out = tmp_path / "out"
@@ -230,11 +260,16 @@ def test_rerun_processes_nothing_new_and_redoes_incomplete_outputs(mixed, tiny_o
         again = mattes_from_images([root], out, **run)
         assert (again.processed, again.skipped, len(again.failed)) == (0, len(good), len(broken))
         assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == stamps
+        assert again.redone == 0
         png_of(out, "odd.png").unlink()
         truncated = png_of(out, "a/plain.jpeg")
-        truncated.write_bytes(truncated.read_bytes()[:30])
+        whole = truncated.read_bytes()
+        truncated.write_bytes(whole[:45])  # the header (size, mode) is readable, the pixels are not there
         resumed = mattes_from_images([root], out, **run)
-        assert (resumed.processed, resumed.skipped) == (2, len(good) - 2)
+        assert (resumed.processed, resumed.skipped, resumed.redone) == (2, len(good) - 2, 1)
+        assert truncated.read_bytes() == whole  # written again, the same matte
+        truncated.write_bytes(whole[:-1])  # cut by one byte: Pillow alone would still decode every pixel
+        assert mattes_from_images([root], out, **run).redone == 1
         another_kind = mattes_from_images([root], out, **{**run, "output": "alpha"})
         assert another_kind.processed == len(good)  # an output of another kind is not complete
         forced = mattes_from_images([root], out, **{**run, "output": "alpha", "overwrite": True})
@@ -275,39 +310,118 @@ def test_interruption_leaves_only_complete_outputs_and_resumes(mixed, tmp_path):
     assert resumed.skipped == len(written) and resumed.processed == len(good) - len(written)
 
 
+def wait_for(condition: Callable[[], bool], process: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    """Poll an observable state of a child process (files it wrote); fail if it exits or never gets there."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the process exited ({process.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"no {what} after {timeout} s")
+        time.sleep(0.02)
+
+
+# The third inference call blocks until a signal arrives, after leaving a marker: the test signals a run that
+# has written the first two outputs and cannot have finished, however busy the machine is.
+BLOCK_ON_THIRD_CALL = """
+import threading
+from pathlib import Path
+
+def block_on_third_call(infer, marker):
+    calls = []
+
+    def blocking(self, batch):
+        calls.append(batch.shape)
+        if len(calls) == 3:
+            Path(marker).write_text("blocked")
+            threading.Event().wait()  # a signal handler raising KeyboardInterrupt ends the wait
+        return infer(self, batch)
+
+    return blocking
+"""
+
+
+def renamed_outputs(folder: Path) -> list[Path]:
+    """Outputs under their final names (a temporary file being written starts with a dot)."""
+    return [p for p in folder.glob("*.png") if not p.name.startswith(".")]
+
+
+def _two_outputs_and_blocked(out: Path, marker: Path) -> Callable[[], bool]:
+    return lambda: marker.exists() and len(renamed_outputs(out)) >= 2
+
+
 @pytest.mark.slow
 def test_ctrl_c_in_a_real_process_leaves_no_partial_files(tmp_path):
     """SIGINT to a running process: it stops, exits non-zero, every output on disk is complete."""
     (tmp_path / "in").mkdir()
-    for i in range(40):
+    for i in range(8):
         Image.fromarray(_pattern(96, 96, i)).save(tmp_path / "in" / f"{i:02d}.png")
-    script = f"""
-import time, numpy as np
+    out, marker = tmp_path / "out", tmp_path / "blocked"
+    script = BLOCK_ON_THIRD_CALL + f"""
+import numpy as np
 from optimize.backends import InferenceBackend
 from optimize.checkpoint import IMAGENET
 from optimize.matte import mattes_from_images
 
-class Slow(InferenceBackend):
+class Grey(InferenceBackend):
     def infer(self, batch):
-        time.sleep(0.15)
         return np.full((batch.shape[0], 1, *batch.shape[2:]), 0.5, np.float32)
 
-mattes_from_images([{str(tmp_path / "in")!r}], {str(tmp_path / "out")!r}, backend=Slow(), normalization=IMAGENET,
-                   batch=1, compression="small")
+Grey.infer = block_on_third_call(Grey.infer, {str(marker)!r})
+mattes_from_images([{str(tmp_path / "in")!r}], {str(out)!r}, backend=Grey(), normalization=IMAGENET, batch=1,
+                   compression="small")
 """
     process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while not list((tmp_path / "out").glob("*.png")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    try:
+        wait_for(_two_outputs_and_blocked(out, marker), process, "two outputs written and the third call blocked")
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
     assert process.returncode != 0 and b"KeyboardInterrupt" in stderr
-    written = list((tmp_path / "out").glob("*.png"))
-    assert 0 < len(written) < 40 and leftovers(tmp_path / "out") == []
+    written = renamed_outputs(out)
+    assert len(written) == 2 and leftovers(out) == []
     for path in written:
         with Image.open(path) as picture:
             picture.load()
+
+
+@pytest.mark.slow
+def test_sigterm_during_mopt_matte_leaves_no_partial_file_and_resumes(tmp_path, tiny_onnx):
+    """`mopt matte` itself (the CLI, ONNX Runtime) stopped by SIGTERM: exit 130, only complete outputs."""
+    (tmp_path / "in").mkdir()
+    for i in range(6):
+        Image.fromarray(_pattern(64, 64, i)).save(tmp_path / "in" / f"{i}.png")
+    out, marker = tmp_path / "out", tmp_path / "blocked"
+    hooked = BLOCK_ON_THIRD_CALL + """
+import sys
+from optimize.backends import OnnxRuntimeBackend
+from optimize.cli.main import main
+
+OnnxRuntimeBackend.infer = block_on_third_call(OnnxRuntimeBackend.infer, sys.argv.pop(1))
+main()
+"""
+    args = ["matte", str(tmp_path / "in"), "-o", str(out), "--onnx", str(tiny_onnx), "--batch", "1", "--threads", "1"]
+    process = subprocess.Popen([sys.executable, "-c", hooked, str(marker), *args], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        wait_for(_two_outputs_and_blocked(out, marker), process, "two outputs written and the third call blocked")
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, (stdout, stderr)
+    assert "run the same command again" in stdout and "Traceback" not in stderr
+    written = renamed_outputs(out)
+    assert len(written) == 2 and leftovers(out) == []
+    for path in written:
+        with Image.open(path) as picture:
+            picture.load()
+    resumed = subprocess.run([*MOPT, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "4 written, 2 already complete" in resumed.stdout
+    assert len(renamed_outputs(out)) == 6 and leftovers(out) == []
 
 
 # --- never overwriting inputs ----------------------------------------------------------------------
@@ -356,7 +470,14 @@ def test_cli_reports_failures_with_exit_code_1_and_resumes(mixed, tiny_onnx, tmp
     rerun = runner.invoke(matte_cli.app, args)
     assert rerun.exit_code == 1
     report = json.loads(report_path.read_text())
-    assert (report["processed"], report["skipped"]) == (0, len(good))
+    assert (report["processed"], report["skipped"], report["redone"]) == (0, len(good), 0)
+    assert "redone" not in rerun.output
+    cut = png_of(out, "odd.png")
+    cut.write_bytes(cut.read_bytes()[:45])
+    redo = runner.invoke(matte_cli.app, args)
+    assert "1 written (redone: 1 truncated outputs)" in redo.output, redo.output
+    report = json.loads(report_path.read_text())
+    assert (report["processed"], report["skipped"], report["redone"]) == (1, len(good) - 1, 1)
 
 
 def test_cli_exit_code_0_when_nothing_fails_and_composite_background(tmp_path, tiny_onnx):
@@ -386,6 +507,20 @@ def test_cli_user_errors_are_one_line_and_write_nothing(tmp_path, tiny_onnx, ext
     assert result.exit_code == 1 and isinstance(result.exception, MoptError)
     assert message in str(result.exception) and "\n" not in str(result.exception)
     assert not out.exists()
+
+
+def test_output_folder_that_is_a_file_is_a_one_line_error(tmp_path, tiny_onnx):
+    (tmp_path / "in").mkdir()
+    Image.fromarray(_pattern(40, 30, 0)).save(tmp_path / "in" / "x.jpg")
+    existing = tmp_path / "cutouts"
+    existing.write_text("a file, not a folder")
+    result = subprocess.run([*MOPT, "matte", str(tmp_path / "in"), "-o", str(existing), "--onnx", str(tiny_onnx)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"mopt: error: output folder {existing} is a file; choose a folder for -o"]
+    assert existing.read_text() == "a file, not a folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cutouts", "in"]
 
 
 def test_cli_without_a_model_says_what_to_pass(tmp_path, monkeypatch):

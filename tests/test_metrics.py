@@ -295,3 +295,22 @@ def test_to_dict_is_plain_floats_with_mad_x1e3() -> None:
     with pytest.raises(AttributeError):
         m.mad = 0.0  # type: ignore[misc]
     assert not math.isnan(d["iou"])
+
+
+def test_every_single_metric_function_evaluates_only_the_trimaps_unknown_region() -> None:
+    """Each function, given a trimap, returns what matte_metrics reports for it, and differs from the whole
+    image: the error sits outside the unknown band as well as inside it."""
+    rng = np.random.default_rng(3)
+    true = _edge()
+    pred = np.clip(true + rng.uniform(-0.2, 0.2, true.shape), 0, 1)
+    pred[:4, :4] = 1.0  # a blob far from the edge: the whole-image IoU sees it, the band does not
+    trimap = np.zeros(true.shape, np.uint8)
+    trimap[:, 12:20] = 128  # the unknown band around the edge
+    banded = matte_metrics(pred, true, trimap=trimap)
+    whole = matte_metrics(pred, true)
+    for function, key in ((mad, "mad"), (mse, "mse"), (sad, "sad"), (gradient_error, "grad"), (iou, "iou")):
+        value = float(np.asarray(function(pred, true, trimap)).reshape(-1)[0])
+        assert value == pytest.approx(getattr(banded, key)), key
+        assert value != pytest.approx(getattr(whole, key)), key
+    (only,) = per_image_metrics(pred[None], true[None], trimap=trimap[None])
+    assert only.mad == pytest.approx(banded.mad) and only.mad != pytest.approx(whole.mad)

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -305,20 +306,27 @@ def test_start_retries_only_the_instance_handshake_race(
 # --- the server --------------------------------------------------------------------------------------------
 
 
-def free_port_block(count: int = 3) -> int:
-    """A port p with p .. p+count-1 free on loopback (HTTP, gRPC, metrics)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count > 65535:
-            continue
+def free_port_block() -> int:
+    """A port p with p, p+1, p+2 free on loopback (HTTP, gRPC, metrics), below the kernel's ephemeral range.
+
+    Client sockets take their ports from the ephemeral range and leave them in TIME_WAIT for a minute after
+    closing; on a machine where other servers were just started and polled, a block picked there is often
+    taken. Below it, only listening servers compete, and the check sees them.
+    """
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    top = ephemeral_low - 3 if ephemeral_low > 20000 else 65532
+    pick = random.SystemRandom()  # not the test's seeded `random`: every test would draw the same ports
+    for _ in range(200):
+        base = pick.randrange(10000, top)
         try:
-            check_ports_free("127.0.0.1", {f"p{i}": base + i for i in range(count)})
+            check_ports_free("127.0.0.1", {"HTTP": base, "gRPC": base + 1, "metrics": base + 2})
         except MoptError:
             continue
         return base
-    raise RuntimeError("no block of free loopback ports")
+    raise RuntimeError("no block of three free loopback ports")
 
 
 def session_processes(sid: int) -> list[str]:
@@ -365,12 +373,16 @@ def wait_ready(server: Server) -> None:
             pytest.fail(f"mopt serve exited with {server.process.returncode}:\n{server.log.read_text()[-3000:]}")
         client = http.InferenceServerClient(server.url, connection_timeout=1.0, network_timeout=2.0)
         try:
-            if client.is_server_ready() and client.is_model_ready("cvunet") and client.is_model_ready("cvunet_rgb"):
-                return
+            ready = client.is_server_ready() and client.is_model_ready("cvunet") and client.is_model_ready("cvunet_rgb")
         except Exception:  # refused while starting; any other trouble shows up at the deadline
-            time.sleep(0.3)
+            ready = False
         finally:
             client.close()
+        if ready:
+            return
+        # Poll, also while the server is up and its models load: a loop without a pause opens thousands of
+        # connections, whose ports then sit in TIME_WAIT.
+        time.sleep(0.3)
     pytest.fail(f"mopt serve not ready after {STARTUP_TIMEOUT_S}s:\n{server.log.read_text()[-3000:]}")
 
 
@@ -422,7 +434,7 @@ def infer_bytes(url: str, payload: bytes, outputs: tuple[str, ...] = (ALPHA_OUTP
 @needs_tritonclient
 @pytest.mark.timeout(120)
 class TestServer:
-    """One server for the class (started once: about 10 s); the last test stops it."""
+    """One server for the class (started once: about 10 s), stopped by the fixture after the last of them."""
 
     def test_health_and_dynamic_batching_config(self, server: Server) -> None:
         import tritonclient.http as http
@@ -498,7 +510,7 @@ class TestServer:
             assert 0 < r.p50_ms <= r.p99_ms <= r.max_ms and r.requests_per_s > 0
             assert r.mean_batch is not None and 1 <= r.mean_batch <= 4  # from the server's statistics
 
-    def test_busy_port_is_refused_then_sigterm_stops_everything(self, server: Server, tiny_onnx: Path) -> None:
+    def test_a_second_server_on_the_same_port_is_refused(self, server: Server, tiny_onnx: Path) -> None:
         from typer.testing import CliRunner
 
         from optimize.cli import serve as serve_cli
@@ -506,12 +518,26 @@ class TestServer:
         clash = CliRunner().invoke(serve_cli.app, ["--onnx", str(tiny_onnx), "--port", str(server.port)])
         assert isinstance(clash.exception, MoptError), clash.output
         assert f"HTTP port {server.port} on 127.0.0.1 is already in use" in str(clash.exception)
+        assert server.process.poll() is None  # the running server is not disturbed
 
+
+@pytest.mark.serve
+@pytest.mark.slow
+@needs_pytriton
+@needs_tritonclient
+@pytest.mark.timeout(120)
+def test_sigterm_stops_the_server_and_everything_it_started(tiny_onnx: Path, tmp_path: Path) -> None:
+    """Its own server (the shared one serves the other tests, whatever their order): SIGTERM, exit 0, nothing left."""
+    server = start_server(tiny_onnx, tmp_path / "serve.log")
+    try:
+        wait_ready(server)
+        assert infer_bytes(server.url, sample_images()["square.png"])[ERROR_OUTPUT].reshape(-1)[0] == b""
+    finally:
         code = stop_server(server)
-        assert code == 0, server.log.read_text()[-3000:]
-        assert "stopped:" in server.log.read_text()
-        assert session_processes(server.process.pid) == []  # tritonserver and its Python stubs are gone
-        check_ports_free("127.0.0.1", {"HTTP": server.port, "gRPC": server.port + 1, "metrics": server.port + 2})
+    assert code == 0, server.log.read_text()[-3000:]
+    assert "stopped:" in server.log.read_text()
+    assert session_processes(server.process.pid) == []  # tritonserver and its Python stubs are gone
+    check_ports_free("127.0.0.1", {"HTTP": server.port, "gRPC": server.port + 1, "metrics": server.port + 2})
 
 
 def test_serve_without_a_model_exports_the_bundled_selfie_model_once(tmp_path):

@@ -73,8 +73,9 @@ def model_sources(
 def print_summary(report: MatteReport, report_path: Path | None) -> None:
     rate = f"{report.images_per_s:.2f} images/s" if report.processed else "no images processed"
     latency = f", latency p50 {report.p50_ms:.0f} ms, p99 {report.p99_ms:.0f} ms" if report.processed else ""
+    redone = f" (redone: {report.redone} truncated outputs)" if report.redone else ""
     console.print(
-        f"{report.processed} written, {report.skipped} already complete, {len(report.failed)} failed "
+        f"{report.processed} written{redone}, {report.skipped} already complete, {len(report.failed)} failed "
         f"in {report.wall_s:.1f} s: {rate}{latency}"
     )
     if report.failed:
@@ -95,7 +96,9 @@ def matte(
         list[str], typer.Argument(help="Image files, folders (recursive) and quoted glob patterns ('photos/**/*.jpg').")
     ],
     outdir: Annotated[
-        Path, typer.Option("--outdir", "-o", file_okay=False, help="Output folder; the input folder structure is kept.")
+        # No file_okay=False: click would answer an existing file with a usage error (exit 2); the library
+        # refuses it with a one-line MoptError instead.
+        Path, typer.Option("--outdir", "-o", help="Output folder; the input folder structure is kept.")
     ],
     engine: Annotated[Path | None, typer.Option("--engine", dir_okay=False, help="TensorRT engine (.plan).")] = None,
     onnx: Annotated[
