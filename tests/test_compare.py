@@ -81,6 +81,7 @@ def test_fp16_tolerance_is_looser_than_fp32(tiny_checkpoint, tiny_simplified_onn
 README_TOLERANCES = {
     "fp32": (1e-4, 1e-3, 1e-5),
     "fp16": (2e-2, 0.0, 1e-3),
+    "bf16": (2e-2, 0.0, 1e-3),
     "int8": (1.0, 0.0, 1e-2),
 }
 SIDE = 32  # synthetic mattes of SIDE x SIDE, two batches of two
@@ -311,10 +312,10 @@ def test_tolerance_overrides_replace_the_table_for_their_precision():
     loose = {"fp16": Tolerance(atol=1e-2, rtol=0.0, mad=1e-2)}
     report = _run(PerImage([0.5, 0.5]), (("c", "fp16"), off), tolerances=loose)
     assert report.passed and report.candidates[0].mad_budget == 1e-2
-    bf16 = _run(PerImage([0.5, 0.5]), (("c", "bf16"), off), tolerances={"bf16": Tolerance(1e-2, 0.0, 1e-2)})
-    assert bf16.passed
-    with pytest.raises(MoptError, match="no tolerance for precision 'bf16'; known: fp32, fp16, int8"):
-        tolerance_for("bf16")
+    fp8 = _run(PerImage([0.5, 0.5]), (("c", "fp8"), off), tolerances={"fp8": Tolerance(1e-2, 0.0, 1e-2)})
+    assert fp8.passed
+    with pytest.raises(MoptError, match="no tolerance for precision 'fp8'; known: fp32, fp16, bf16, int8"):
+        tolerance_for("fp8")
 
 
 def test_nan_and_wrong_shape_candidates_fail_without_metrics():
@@ -342,7 +343,15 @@ def test_no_candidates_and_duplicate_names():
 def test_the_report_dict_states_inputs_tolerances_and_every_candidate():
     report = _run(PerImage([0.5, 0.5]), (("c", "fp16"), PerImage([0.5, 0.5])), input_description={"size": "32x32"})
     data = report.to_dict()
-    assert set(data) == {"passed", "reference", "inputs", "tolerances", "candidates"}
+    assert set(data) == {
+        "passed",
+        "reference",
+        "reference_model",
+        "reference_sha256",
+        "inputs",
+        "tolerances",
+        "candidates",
+    }
     assert data["passed"] is True and data["reference"] == "reference" and data["inputs"] == {"size": "32x32"}
     assert {k: (v["atol"], v["rtol"], v["mad"]) for k, v in data["tolerances"].items()} == README_TOLERANCES
     assert [c["name"] for c in data["candidates"]] == ["c"] and data["candidates"][0]["failures"] == []
@@ -350,7 +359,7 @@ def test_the_report_dict_states_inputs_tolerances_and_every_candidate():
 
 
 def test_inference_time_is_the_median_per_batch_in_milliseconds(monkeypatch):
-    import optimize.runners
+    import optimize.backends.polygraphy_runner as runner_module
 
     class Clock:
         """Every reading 0.25 s after the last: each inference lasts exactly 250 ms."""
@@ -362,7 +371,7 @@ def test_inference_time_is_the_median_per_batch_in_milliseconds(monkeypatch):
             cls.now += 0.25
             return cls.now
 
-    monkeypatch.setattr(optimize.runners, "time", Clock)
+    monkeypatch.setattr(runner_module, "time", Clock)
     (c,) = _run(PerImage([0.5, 0.5]), (("c", "fp16"), PerImage([0.5, 0.5]))).candidates
     assert c.inference_ms == pytest.approx(250.0)
 
@@ -406,9 +415,12 @@ def test_candidates_are_every_available_backend_but_the_reference(tmp_path):
     assert ("onnxruntime-cpu-fp32", "fp32") in [(c.name, c.precision) for c in candidates]
     x = np.zeros((2, 3, 8, 8), np.float32)
     np.testing.assert_allclose(candidates[0].make_backend().infer(x), np.full((2, 1, 8, 8), 0.5), atol=1e-6)
-    # Every registered backend but the reference is either a candidate (one model file: one each) or skipped
-    # with its reason (on a CPU machine: all the GPU ones).
-    assert len(candidates) + len(skipped) == len(backend_names()) - 1
+    # Every registered default backend but the reference is either a candidate (one model file: one each) or
+    # skipped with its reason (on a CPU machine: all the GPU ones); baselines (default=False) only run by name.
+    from optimize.backends import backend_spec
+
+    defaults = [n for n in backend_names() if backend_spec(n).default]
+    assert len(candidates) + len(skipped) == len(defaults) - 1
     assert {s["backend"] for s in skipped} <= set(backend_names()) - {"torch", "onnxruntime"}
     assert all(s["reason"] for s in skipped) and not any(c.name.startswith("torch-cpu") for c in candidates)
     only, none_skipped = candidates_from_sources(ModelSources(onnx=[model]), backends=["onnxruntime"])

@@ -177,4 +177,6 @@ def test_the_pipeline_command_exits_0_when_every_model_is_within_tolerance(tiny_
     assert result.exit_code == 0, result.output
     assert "pipeline passed" in result.output
     compare = json.loads((tmp_path / "report" / "compare.json").read_text())
-    assert compare["passed"] is True and {c["precision"] for c in compare["candidates"]} == {"fp32", "fp16", "int8"}
+    precisions = {c["precision"] for c in compare["candidates"]}
+    # bf16: OpenVINO's on CPUs with BF16 kernels only.
+    assert compare["passed"] is True and {"fp32", "fp16", "int8"} <= precisions <= {"fp32", "fp16", "int8", "bf16"}
