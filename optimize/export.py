@@ -21,7 +21,8 @@ from optimize.onnx_model import onnx_normalization, read_metadata, set_metadata,
 
 INPUT_NAME = DEFAULT_INPUT_NAME
 OUTPUT_NAME = DEFAULT_OUTPUT_NAME
-DEFAULT_OPSET = 17
+from optimize.defaults import DEFAULT_OPSET as DEFAULT_OPSET  # noqa: E402
+
 EXPORT_ATOL = 1e-4  # FP32 ONNX Runtime vs FP32 PyTorch; kernels differ only in summation order
 # Odd, non-square, non-multiple-of-32 shapes: they exercise the skip-sized upsampling of every stage.
 VERIFY_SHAPES = ((1, 3, 257, 383), (3, 3, 190, 141))

@@ -54,8 +54,10 @@ from optimize.images import (
 from optimize.shapes import format_size
 
 DEFAULT_MAX_SIDE = 1024
-SIZE_STEP = 32  # the encoder's total stride: every stage sees whole pixels, and similar sizes share a bucket
-DEFAULT_BATCH = 4
+# The encoder's total stride (every stage sees whole pixels, and similar sizes share a bucket), and the batch.
+from optimize.defaults import MATTE_DEFAULT_BATCH as DEFAULT_BATCH  # noqa: E402
+from optimize.defaults import SIZE_STEP as SIZE_STEP  # noqa: E402
+
 PREFETCH_BATCHES = 2  # batches decoded ahead of the one being inferred
 # Backends in order of preference; the first that can run on this machine with the given model files wins.
 # On a CPU, ONNX Runtime and OpenVINO are timed against each other when the run says at which size
