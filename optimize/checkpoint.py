@@ -42,15 +42,14 @@ from architectures.adapters import (
 )
 from optimize import __version__
 from optimize.card import IMAGENET, ModelCard, Normalization, legacy_card
+from optimize.defaults import BUNDLED_CHECKPOINTS as BUNDLED_CHECKPOINTS
+from optimize.defaults import DEFAULT_CHECKPOINT as DEFAULT_CHECKPOINT
+from optimize.defaults import DEFAULT_MATTE_CHECKPOINT as DEFAULT_MATTE_CHECKPOINT
 from optimize.errors import MoptError
 from optimize.fileio import atomic_output, file_sha256
 
 FORMAT_NAME = "mopt-checkpoint"
 FORMAT_VERSION = 2
-# Defined in optimize.defaults so that the CLI reads them without importing torch.
-from optimize.defaults import BUNDLED_CHECKPOINTS as BUNDLED_CHECKPOINTS  # noqa: E402
-from optimize.defaults import DEFAULT_CHECKPOINT as DEFAULT_CHECKPOINT  # noqa: E402
-from optimize.defaults import DEFAULT_MATTE_CHECKPOINT as DEFAULT_MATTE_CHECKPOINT  # noqa: E402
 
 
 @dataclass

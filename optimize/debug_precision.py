@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from optimize.artifacts import derived_path
-from optimize.defaults import DEFAULT_BUDGET as DEFAULT_BUDGET  # noqa: E402  (one 8-bit alpha step on average)
-from optimize.defaults import DEFAULT_MAX_STEPS as DEFAULT_MAX_STEPS  # noqa: E402
+from optimize.defaults import DEFAULT_BUDGET as DEFAULT_BUDGET  # one 8-bit alpha step on average
+from optimize.defaults import DEFAULT_MAX_STEPS as DEFAULT_MAX_STEPS
 from optimize.errors import MoptError
 from optimize.fileio import file_sha256
 from optimize.onnx_model import load_onnx, require_fp32_source, run_onnx

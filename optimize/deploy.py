@@ -37,6 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from optimize.defaults import DEFAULT_MODEL_NAME as DEFAULT_MODEL_NAME
+from optimize.defaults import DEFAULT_QUEUE_DELAY_US as DEFAULT_QUEUE_DELAY_US
+from optimize.defaults import InstanceKind as InstanceKind  # the CLI's --kind choices
 from optimize.deps import require
 from optimize.engine import ENGINE_SUFFIXES, engine_io_from_sidecar, read_sidecar, sidecar_path
 from optimize.errors import MoptError
@@ -47,10 +50,6 @@ from optimize.profiles import ShapeProfile, format_shape, validate_profile
 from optimize.triton_releases import check_triton_release, triton_match
 
 ONNX_SUFFIX = ".onnx"
-from optimize.defaults import DEFAULT_MODEL_NAME as DEFAULT_MODEL_NAME  # noqa: E402
-from optimize.defaults import DEFAULT_QUEUE_DELAY_US as DEFAULT_QUEUE_DELAY_US  # noqa: E402
-from optimize.defaults import InstanceKind as InstanceKind  # noqa: E402  (the CLI's --kind choices)
-
 DEFAULT_ONNX_MAX_BATCH = 8
 # Triton accepts the same characters in model names as in folder names it scans; stay with the portable set.
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -46,11 +46,11 @@ from PIL import Image, UnidentifiedImageError
 
 from optimize.backends import InferenceBackend, ModelSources, backend_spec
 from optimize.card import ModelCard, Normalization, input_card
-from optimize.defaults import DEFAULT_HOST as DEFAULT_HOST  # noqa: E402
-from optimize.defaults import DEFAULT_INSTANCES as DEFAULT_INSTANCES  # noqa: E402  (see _start_triton)
-from optimize.defaults import DEFAULT_MAX_QUEUE_DELAY_MS as DEFAULT_MAX_QUEUE_DELAY_MS  # noqa: E402
-from optimize.defaults import DEFAULT_MODEL_NAME as DEFAULT_MODEL_NAME  # noqa: E402
-from optimize.defaults import DEFAULT_PORT as DEFAULT_PORT  # noqa: E402
+from optimize.defaults import DEFAULT_HOST as DEFAULT_HOST
+from optimize.defaults import DEFAULT_INSTANCES as DEFAULT_INSTANCES  # see _start_triton
+from optimize.defaults import DEFAULT_MAX_QUEUE_DELAY_MS as DEFAULT_MAX_QUEUE_DELAY_MS
+from optimize.defaults import DEFAULT_MODEL_NAME as DEFAULT_MODEL_NAME
+from optimize.defaults import DEFAULT_PORT as DEFAULT_PORT
 from optimize.deploy import validate_model_name
 from optimize.deps import require
 from optimize.errors import MoptError
