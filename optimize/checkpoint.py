@@ -42,18 +42,14 @@ from architectures.adapters import (
 )
 from optimize import __version__
 from optimize.card import IMAGENET, ModelCard, Normalization, legacy_card
+from optimize.defaults import BUNDLED_CHECKPOINTS as BUNDLED_CHECKPOINTS
+from optimize.defaults import DEFAULT_CHECKPOINT as DEFAULT_CHECKPOINT
+from optimize.defaults import DEFAULT_MATTE_CHECKPOINT as DEFAULT_MATTE_CHECKPOINT
 from optimize.errors import MoptError
 from optimize.fileio import atomic_output, file_sha256
 
 FORMAT_NAME = "mopt-checkpoint"
 FORMAT_VERSION = 2
-DEFAULT_CHECKPOINT = Path("checkpoints/cvunet.pth")
-# The pretrained person model `mopt matte` and `mopt serve` use when no model is named, found from the
-# installed source tree so that it does not depend on the working folder.
-BUNDLED_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
-DEFAULT_MATTE_CHECKPOINT = BUNDLED_CHECKPOINTS / "selfie.pth"
-
-
 
 
 @dataclass

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from optimize.artifacts import derived_path
+from optimize.defaults import DEFAULT_BUDGET as DEFAULT_BUDGET  # one 8-bit alpha step on average
+from optimize.defaults import DEFAULT_MAX_STEPS as DEFAULT_MAX_STEPS
 from optimize.errors import MoptError
 from optimize.fileio import file_sha256
 from optimize.onnx_model import load_onnx, require_fp32_source, run_onnx
@@ -36,8 +38,6 @@ from optimize.precision import float_output_nodes, fp16_checks, fp16_model_from_
 from optimize.recipe import STEP_NAME_LIMIT, Budget, PrecisionRecipe, RecipeStep
 from optimize.verification import DEFAULT_VERIFY_COUNT, accuracy_check, verification_inputs, worst_metrics
 
-DEFAULT_BUDGET = "mad=0.004"  # one 8-bit alpha step on average
-DEFAULT_MAX_STEPS = 200
 DEFAULT_INT8_SYNTHETIC = 16
 
 

@@ -27,7 +27,6 @@ Shapes come from the engine's profiles (its JSON sidecar) or the ONNX's dims:
 
 from __future__ import annotations
 
-import enum
 import json
 import os
 import re
@@ -38,6 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from optimize.defaults import DEFAULT_MODEL_NAME as DEFAULT_MODEL_NAME
+from optimize.defaults import DEFAULT_QUEUE_DELAY_US as DEFAULT_QUEUE_DELAY_US
+from optimize.defaults import InstanceKind as InstanceKind  # the CLI's --kind choices
 from optimize.deps import require
 from optimize.engine import ENGINE_SUFFIXES, engine_io_from_sidecar, read_sidecar, sidecar_path
 from optimize.errors import MoptError
@@ -48,9 +50,7 @@ from optimize.profiles import ShapeProfile, format_shape, validate_profile
 from optimize.triton_releases import check_triton_release, triton_match
 
 ONNX_SUFFIX = ".onnx"
-DEFAULT_MODEL_NAME = "cvunet"
 DEFAULT_ONNX_MAX_BATCH = 8
-DEFAULT_QUEUE_DELAY_US = 2000
 # Triton accepts the same characters in model names as in folder names it scans; stay with the portable set.
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Data types (numpy / ONNX names) -> Triton data types.
@@ -66,13 +66,6 @@ _TRITON_TYPES = {
 }
 # ONNX TensorProto element types of image tensors -> those names (the types a matting model's I/O can have).
 _ONNX_DTYPES = {1: "float32", 10: "float16", 16: "bfloat16"}
-
-
-class InstanceKind(str, enum.Enum):
-    """Where Triton runs the model instances."""
-
-    gpu = "gpu"
-    cpu = "cpu"
 
 
 @dataclass

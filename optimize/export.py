@@ -15,13 +15,13 @@ from optimize import __version__
 from optimize.artifacts import default_export_path
 from optimize.card import DEFAULT_INPUT_NAME, DEFAULT_OUTPUT_NAME, ModelCard, SizeRule, exported_card
 from optimize.checkpoint import LoadedCheckpoint, load_checkpoint
+from optimize.defaults import DEFAULT_OPSET as DEFAULT_OPSET
 from optimize.errors import MoptError
 from optimize.fileio import atomic_output
 from optimize.onnx_model import onnx_normalization, read_metadata, set_metadata, write_card  # noqa: F401  (re-exports)
 
 INPUT_NAME = DEFAULT_INPUT_NAME
 OUTPUT_NAME = DEFAULT_OUTPUT_NAME
-DEFAULT_OPSET = 17
 EXPORT_ATOL = 1e-4  # FP32 ONNX Runtime vs FP32 PyTorch; kernels differ only in summation order
 # Odd, non-square, non-multiple-of-32 shapes: they exercise the skip-sized upsampling of every stage.
 VERIFY_SHAPES = ((1, 3, 257, 383), (3, 3, 190, 141))

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageColor, ImageOps, UnidentifiedImageError
 
 from optimize.card import ModelCard, Normalization, input_card
+from optimize.defaults import DEFAULT_PNG_COMPRESSION as DEFAULT_PNG_COMPRESSION
 from optimize.errors import MoptError
 from optimize.fileio import atomic_output
 
@@ -45,7 +46,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # is the most expensive step of a matte run on the CPU; on 1024x1024 cut-outs "fast" writes files about 10%
 # larger than "default" in a quarter of the time.
 PNG_COMPRESSION: dict[str, int] = {"fast": 1, "default": 6, "small": 9}
-DEFAULT_PNG_COMPRESSION = "fast"
 
 _GLOB_MAGIC = re.compile(r"[*?[]")
 _ORIENTATION_TAG = ExifTags.Base.Orientation

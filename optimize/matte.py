@@ -32,6 +32,8 @@ import numpy as np
 from optimize.backends import InferenceBackend, ModelSources, backend_names, backend_spec
 from optimize.backends.probe import PROBED_BACKENDS, ProbeCache, ProbeResult, choose_fastest
 from optimize.card import IMAGENET, ModelCard, Normalization, SizeRule, input_card
+from optimize.defaults import MATTE_DEFAULT_BATCH as DEFAULT_BATCH
+from optimize.defaults import SIZE_STEP as SIZE_STEP  # the encoder's total stride
 from optimize.errors import MoptError
 from optimize.fileio import write_json
 from optimize.images import (
@@ -54,8 +56,6 @@ from optimize.images import (
 from optimize.shapes import format_size
 
 DEFAULT_MAX_SIDE = 1024
-SIZE_STEP = 32  # the encoder's total stride: every stage sees whole pixels, and similar sizes share a bucket
-DEFAULT_BATCH = 4
 PREFETCH_BATCHES = 2  # batches decoded ahead of the one being inferred
 # Backends in order of preference; the first that can run on this machine with the given model files wins.
 # On a CPU, ONNX Runtime and OpenVINO are timed against each other when the run says at which size

@@ -30,6 +30,8 @@ from onnx import TensorProto, numpy_helper
 
 from optimize import __version__
 from optimize.artifacts import derived_path
+from optimize.defaults import FP16_MAD as FP16_MAD  # the FP16 acceptance budget, with FP16_MAX_ABS
+from optimize.defaults import FP16_MAX_ABS as FP16_MAX_ABS
 from optimize.deps import quiet_libraries, require
 from optimize.errors import MoptError
 from optimize.fileio import atomic_output, file_sha256
@@ -44,10 +46,6 @@ from optimize.verification import (
     worst_metrics,
 )
 
-# Issue 3 acceptance: an FP16 matte within one 8-bit alpha step (1/255 = 3.9e-3) everywhere, a quarter step
-# on average.
-FP16_MAX_ABS = 4e-3
-FP16_MAD = 1e-3
 VERIFY_BATCH = 2
 _EMULATION_SUFFIX = "/mopt_fp16_emulation"
 

@@ -36,6 +36,8 @@ import onnx
 
 from optimize import __version__
 from optimize.artifacts import derived_path
+from optimize.defaults import DEFAULT_CALIBRATION_LIMIT as DEFAULT_CALIBRATION_LIMIT
+from optimize.defaults import INT8_MAD as INT8_MAD  # the INT8 acceptance budget
 from optimize.deps import quiet_libraries
 from optimize.errors import MoptError
 from optimize.fileio import atomic_output, file_sha256, write_json
@@ -58,11 +60,8 @@ from optimize.verification import (
     worst_metrics,
 )
 
-# Issue 4 acceptance: the INT8 matte's mean absolute difference from FP32 stays within 1e-2.
-INT8_MAD = 1e-2
 CALIBRATION_METHODS = ("entropy", "minmax", "percentile")
 DEFAULT_CALIBRATION_SIZE = (256, 256)
-DEFAULT_CALIBRATION_LIMIT = 64
 # A photo smaller than this per side carries no structure worth calibrating on once resized up.
 MIN_CALIBRATION_SIDE = 32
 # Images per calibration pass: histograms hold every activation of a pass in memory, so keep passes small.

@@ -46,6 +46,11 @@ from PIL import Image, UnidentifiedImageError
 
 from optimize.backends import InferenceBackend, ModelSources, backend_spec
 from optimize.card import ModelCard, Normalization, input_card
+from optimize.defaults import DEFAULT_HOST as DEFAULT_HOST
+from optimize.defaults import DEFAULT_INSTANCES as DEFAULT_INSTANCES  # see _start_triton
+from optimize.defaults import DEFAULT_MAX_QUEUE_DELAY_MS as DEFAULT_MAX_QUEUE_DELAY_MS
+from optimize.defaults import DEFAULT_MODEL_NAME as DEFAULT_MODEL_NAME
+from optimize.defaults import DEFAULT_PORT as DEFAULT_PORT
 from optimize.deploy import validate_model_name
 from optimize.deps import require
 from optimize.errors import MoptError
@@ -70,12 +75,7 @@ from optimize.matte import (
     select_backend,
 )
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
-DEFAULT_MODEL_NAME = "cvunet"
 DEFAULT_MAX_BATCH = 8
-DEFAULT_MAX_QUEUE_DELAY_MS = 2.0
-DEFAULT_INSTANCES = 1  # CPU inference dominates: a second instance measured no faster (see _start_triton)
 # Seconds tritonserver waits for in-flight requests (and idle keep-alive connections) when stopping.
 EXIT_TIMEOUT_S = 5
 START_ATTEMPTS = 3  # see _start_triton

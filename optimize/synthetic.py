@@ -24,13 +24,13 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from torch.utils.data import Dataset
 
+from optimize.defaults import DEFAULT_VALIDATION_COUNT as DEFAULT_VALIDATION_COUNT
 from optimize.errors import MoptError
 from optimize.fileio import atomic_output
 
 # Validation samples are synthetic_sample(i, h, w, seed + VALIDATION_SEED_OFFSET): no sane training seed
 # reaches it, so the validation set never overlaps training data.
 VALIDATION_SEED_OFFSET = 1_000_000_007
-DEFAULT_VALIDATION_COUNT = 256
 # One fixed validation size for every run, whatever the training crop, so IoU/MAD compare across checkpoints.
 VALIDATION_SIZE = (192, 192)
 

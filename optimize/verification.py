@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from optimize.defaults import DEFAULT_VERIFY_COUNT as DEFAULT_VERIFY_COUNT
 from optimize.errors import MoptError
 from optimize.onnx_model import card_of_onnx
 
 DEFAULT_VERIFY_SIZE = (512, 512)  # the deployment size of mopt's models unless the card fixes one
-DEFAULT_VERIFY_COUNT = 4
 
 
 def verification_inputs(

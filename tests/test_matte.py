@@ -571,7 +571,7 @@ def test_cli_ctrl_c_exits_130_with_a_hint(tmp_path, tiny_onnx, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(matte_cli, "mattes_from_images", interrupted)
+    monkeypatch.setattr("optimize.matte.mattes_from_images", interrupted)
     (tmp_path / "in").mkdir()
     result = runner.invoke(matte_cli.app, [str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--onnx", str(tiny_onnx)])
     assert result.exit_code == 130 and "run the same command again" in result.output

@@ -28,8 +28,8 @@ def test_serve_names_the_model_file_first(tiny_onnx: Path, monkeypatch: pytest.M
 
     from optimize.cli import serve as serve_cli
 
-    monkeypatch.setattr(serve_cli, "check_ports_free", lambda *args: None)
-    monkeypatch.setattr(serve_cli, "serve_model", lambda *args, **kwargs: ServeStats())
+    monkeypatch.setattr("optimize.serve.check_ports_free", lambda *args: None)
+    monkeypatch.setattr("optimize.serve.serve_model", lambda *args, **kwargs: ServeStats())
     result = CliRunner().invoke(serve_cli.app, ["--onnx", str(tiny_onnx)])
     assert result.exit_code == 0, result.output
     first = result.output.splitlines()[0]

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from optimize.backends import ModelSources, backend_spec
-from optimize.bench import BenchReport, bench_from_sources
 from optimize.cli.common import (
     DEFAULT_CHECKPOINT_PATH,
     ArchOption,
@@ -25,8 +23,11 @@ from optimize.cli.common import (
 from optimize.cli.compare import default_onnx_models
 from optimize.errors import MoptError
 from optimize.fileio import write_json
-from optimize.report import speedups
 from optimize.shapes import parse_ints, parse_sizes
+
+if TYPE_CHECKING:  # the library modules import numpy, torch, ONNX: only inside the commands (fast `--help`)
+    from optimize.backends import ModelSources
+    from optimize.bench import BenchReport
 
 app = typer.Typer()
 DEFAULT_BACKENDS = "torch,onnxruntime,openvino"
@@ -34,6 +35,8 @@ DEFAULT_BENCH_SIZE = "512x512"
 
 
 def print_bench(report: BenchReport) -> None:
+    from optimize.report import speedups
+
     m = report.machine
     table = Table(
         title=f"{m['cpu']} ({m['cores']} cores, {m['threads']} threads){' + ' + m['gpu'] if m.get('gpu') else ''}"
@@ -120,6 +123,9 @@ def bench(
     json_path: JsonOption = None,
 ) -> None:
     """Benchmark each backend at each batch and size after warm-up; print a table, optionally write JSON."""
+    from optimize.backends import ModelSources, backend_spec
+    from optimize.bench import bench_from_sources
+
     batches, sizes = parse_ints(batch, "--batch"), parse_sizes(size or DEFAULT_BENCH_SIZE)
     explicit_backend = backend is not None
     names = [b.strip() for b in (backend or DEFAULT_BACKENDS).split(",") if b.strip()]

@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from optimize.cli.common import JsonOption, console
+from optimize.defaults import DEFAULT_HOST, DEFAULT_MODEL_NAME, DEFAULT_PORT
 from optimize.fileio import write_json
-from optimize.serve import (
-    DEFAULT_HOST,
-    DEFAULT_MODEL_NAME,
-    DEFAULT_PORT,
-    LoadResult,
-    encoded_images_from_folder,
-    load_report,
-    serve_load_from_url,
-    synthetic_encoded_images,
-)
 from optimize.shapes import format_size, parse_ints, parse_size
+
+if TYPE_CHECKING:  # optimize.serve imports numpy, PIL, Triton's client: only inside the command (fast `--help`)
+    from optimize.serve import LoadResult
 
 app = typer.Typer()
 
@@ -42,6 +36,8 @@ def bench_serve(
     json_path: JsonOption = None,
 ) -> None:
     """Load a running `mopt serve` with 1, 4, 16... clients (one image per request, back to back)."""
+    from optimize.serve import encoded_images_from_folder, load_report, serve_load_from_url, synthetic_encoded_images
+
     levels = parse_ints(concurrency, "--concurrency")
     if images is not None:
         payloads = encoded_images_from_folder(images, limit=count)

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from optimize.checkpoint import DEFAULT_CHECKPOINT
+from optimize.defaults import DEFAULT_CHECKPOINT
 
 console = Console()
 if not console.is_terminal:

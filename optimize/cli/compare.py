@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
@@ -12,8 +12,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from optimize.artifacts import ENGINES_DIR, derived_path, latest_fp32_onnx
-from optimize.backends import ModelSources
-from optimize.checkpoint import load_checkpoint
 from optimize.cli.common import (
     DEFAULT_CHECKPOINT_PATH,
     ArchOption,
@@ -24,18 +22,12 @@ from optimize.cli.common import (
     ThreadsOption,
     console,
 )
-from optimize.compare import (
-    CompareReport,
-    batched_inputs,
-    candidates_from_sources,
-    compare_models,
-    reference_from_checkpoint,
-    reference_from_onnx,
-)
 from optimize.errors import MoptError
 from optimize.fileio import write_json
-from optimize.onnx_model import card_of_onnx, lineage_of
 from optimize.shapes import parse_size
+
+if TYPE_CHECKING:  # the library modules import torch, ONNX, Polygraphy: only inside the commands (fast `--help`)
+    from optimize.compare import CompareReport
 
 app = typer.Typer()
 
@@ -100,6 +92,8 @@ def print_compare(report: CompareReport, wide: bool = False, out: Console | None
 
 def check_lineage(candidate: Path, expected: str | None, origin: str) -> None:
     """Refuse to compare a model made from another checkpoint: its differences would be no verdict at all."""
+    from optimize.onnx_model import lineage_of
+
     found = lineage_of(candidate)
     if expected is None or found is None or found == expected:
         return
@@ -137,6 +131,17 @@ def compare(
     ] = False,
 ) -> None:
     """Compare ONNX/TensorRT candidates with PyTorch FP32; exit 1 if any is out of tolerance."""
+    from optimize.backends import ModelSources
+    from optimize.checkpoint import load_checkpoint
+    from optimize.compare import (
+        batched_inputs,
+        candidates_from_sources,
+        compare_models,
+        reference_from_checkpoint,
+        reference_from_onnx,
+    )
+    from optimize.onnx_model import card_of_onnx, lineage_of
+
     if reference is not None:
         if not reference.is_file():
             raise MoptError(f"reference ONNX {reference} does not exist")

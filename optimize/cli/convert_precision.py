@@ -10,8 +10,8 @@ from rich.table import Table
 
 from optimize.artifacts import latest_fp32_onnx
 from optimize.cli.common import ThreadsOption, console
+from optimize.defaults import DEFAULT_VERIFY_COUNT, FP16_MAD, FP16_MAX_ABS
 from optimize.errors import MoptError
-from optimize.precision import DEFAULT_VERIFY_COUNT, FP16_MAD, FP16_MAX_ABS, fp16_conversion_from_onnx
 from optimize.shapes import parse_size
 
 app = typer.Typer()
@@ -52,6 +52,8 @@ def convert_precision(
     ] = False,
 ) -> None:
     """Write an FP16 version of ONNX_PATH for strongly typed TensorRT and check its mattes against FP32."""
+    from optimize.precision import fp16_conversion_from_onnx
+
     if not fp16:
         raise MoptError("choose the target precision: --fp16 (for INT8 use `mopt quantize ONNX --int8`)")
     source = onnx_path or latest_fp32_onnx()

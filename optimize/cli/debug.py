@@ -11,9 +11,8 @@ import typer
 
 from optimize.artifacts import derived_path, latest_fp32_onnx
 from optimize.cli.common import ThreadsOption, console
-from optimize.debug_precision import DEFAULT_BUDGET, DEFAULT_MAX_STEPS, precision_recipe_from_onnx
+from optimize.defaults import DEFAULT_BUDGET, DEFAULT_MAX_STEPS, DEFAULT_VERIFY_COUNT
 from optimize.errors import MoptError
-from optimize.precision import DEFAULT_VERIFY_COUNT
 from optimize.recipe import Budget, RecipeStep, save_recipe
 from optimize.shapes import parse_size
 
@@ -77,6 +76,8 @@ def precision(
     threads: ThreadsOption = None,
 ) -> None:
     """Bisect over the nodes of ONNX_PATH for the smallest set to keep in FP32; write it as a recipe."""
+    from optimize.debug_precision import precision_recipe_from_onnx
+
     if fp16 == int8:
         raise MoptError("choose one precision to debug: --fp16 or --int8")
     target = "fp16" if fp16 else "int8"

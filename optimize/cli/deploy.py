@@ -9,15 +9,7 @@ import typer
 from rich.markup import escape
 
 from optimize.cli.common import console
-from optimize.deploy import (
-    DEFAULT_MODEL_NAME,
-    DEFAULT_QUEUE_DELAY_US,
-    InstanceKind,
-    describe_config,
-    instance_kind_name,
-    read_model_config,
-    triton_repository_from_model,
-)
+from optimize.defaults import DEFAULT_MODEL_NAME, DEFAULT_QUEUE_DELAY_US, InstanceKind
 from optimize.identity import model_identity
 from optimize.triton_releases import triton_match
 
@@ -68,6 +60,8 @@ def triton(
 
     A new --version joins the versions already there when the model's inputs and outputs are the same.
     """
+    from optimize.deploy import describe_config, instance_kind_name, read_model_config, triton_repository_from_model
+
     console.print(f"model: {escape(model_identity(model).describe())}")
     folder = triton_repository_from_model(
         model,

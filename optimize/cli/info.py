@@ -8,11 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-import architectures
-from optimize.checkpoint import load_checkpoint
 from optimize.cli.common import ArchOption, console
 from optimize.errors import MoptError
-from optimize.modelinfo import info_from_model
 from optimize.shapes import parse_size
 
 app = typer.Typer()
@@ -26,6 +23,10 @@ def info(
     list_models: Annotated[bool, typer.Option("--list", help="List the registered architectures.")] = False,
 ) -> None:
     """Print parameters, GFLOPs at --size and encoder channels per stage."""
+    import architectures
+    from optimize.checkpoint import load_checkpoint
+    from optimize.modelinfo import info_from_model
+
     if list_models:
         for name in architectures.list_models():
             console.print(f"{name:20} {architectures.model_entry(name).description}")

@@ -5,26 +5,20 @@ from __future__ import annotations
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from optimize.backends import ModelSources, backend_spec
-from optimize.checkpoint import DEFAULT_MATTE_CHECKPOINT
 from optimize.cli.common import ArchOption, ThreadsOption, console
+from optimize.defaults import DEFAULT_MATTE_CHECKPOINT, DEFAULT_PNG_COMPRESSION
+from optimize.defaults import MATTE_DEFAULT_BATCH as DEFAULT_BATCH
 from optimize.errors import MoptError
-from optimize.images import DEFAULT_PNG_COMPRESSION, parse_color
-from optimize.matte import (
-    BACKEND_PREFERENCE,
-    DEFAULT_BATCH,
-    MatteReport,
-    default_max_side,
-    mattes_from_images,
-    probe_size_for,
-    select_backend,
-)
+
+if TYPE_CHECKING:  # the library modules import numpy, PIL, the runtimes: only inside the command (fast `--help`)
+    from optimize.backends import ModelSources
+    from optimize.matte import MatteReport
 
 app = typer.Typer()
 
@@ -54,6 +48,8 @@ def model_sources(
     The default never depends on what happens to lie in ``engines/``: a run without a model named always
     uses the same, named model.
     """
+    from optimize.backends import ModelSources
+
     for given in (engine, onnx, checkpoint):
         if given is not None and not given.is_file():
             raise MoptError(f"model file {given} does not exist; give the path of an existing model")
@@ -150,6 +146,10 @@ def matte(
     ] = None,
 ) -> None:
     """Remove the background of every image: outputs keep the folder structure; exit 1 if any file failed."""
+    from optimize.backends import backend_spec
+    from optimize.images import parse_color
+    from optimize.matte import BACKEND_PREFERENCE, default_max_side, mattes_from_images, probe_size_for, select_backend
+
     if background is not None and output != OutputKind.composite:
         raise MoptError(f"--background only applies to --output composite (got --output {output.value})")
     color = parse_color(background) if background is not None else (255, 255, 255)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
 from optimize.cli.common import DEFAULT_CHECKPOINT_PATH, CheckpointOption, ThreadsOption, console
-from optimize.pipeline import PipelineSettings, Stage, run_pipeline
 from optimize.shapes import parse_ints, parse_size, parse_sizes
+
+if TYPE_CHECKING:  # optimize.pipeline imports every stage's library: only inside the command (fast `--help`)
+    from optimize.pipeline import Stage
 
 app = typer.Typer()
 
@@ -43,6 +45,8 @@ def pipeline(
     ] = None,
 ) -> None:
     """Export, simplify, convert (FP16/INT8), build the TensorRT engine where possible, compare, bench, report."""
+    from optimize.pipeline import PipelineSettings, run_pipeline
+
     settings = PipelineSettings(
         checkpoint=checkpoint,
         report_dir=report,

@@ -10,9 +10,8 @@ import typer
 
 from optimize.artifacts import latest_fp32_onnx
 from optimize.cli.common import ThreadsOption, console, progress
+from optimize.defaults import DEFAULT_CALIBRATION_LIMIT, DEFAULT_VERIFY_COUNT, INT8_MAD
 from optimize.errors import MoptError
-from optimize.precision import DEFAULT_VERIFY_COUNT
-from optimize.quantize import DEFAULT_CALIBRATION_LIMIT, INT8_MAD, int8_quantization_from_onnx
 from optimize.shapes import parse_size
 
 app = typer.Typer()
@@ -71,6 +70,8 @@ def quantize(
     ] = False,
 ) -> None:
     """Write an INT8 Q/DQ version of ONNX_PATH (symmetric, per-channel weights) and check its mattes against FP32."""
+    from optimize.quantize import int8_quantization_from_onnx
+
     if not int8:
         raise MoptError("choose the target precision: --int8 (for FP16 use `mopt convert-precision ONNX --fp16`)")
     source = onnx_path or latest_fp32_onnx()

@@ -4,26 +4,23 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
 from optimize.cli.common import ThreadsOption, console
-from optimize.matte import SIZE_STEP, probe_size_for
-from optimize.serve import (
+from optimize.defaults import (
     DEFAULT_HOST,
     DEFAULT_INSTANCES,
     DEFAULT_MAX_QUEUE_DELAY_MS,
     DEFAULT_MODEL_NAME,
     DEFAULT_PORT,
-    ServeOptions,
-    ServerInfo,
-    check_ports_free,
-    default_onnx_for_serving,
-    serve_model,
-    served_model_from_files,
+    SIZE_STEP,
 )
+
+if TYPE_CHECKING:  # optimize.serve imports numpy, PIL, PyTriton: only inside the command (fast `--help`)
+    from optimize.serve import ServerInfo
 
 app = typer.Typer()
 
@@ -90,6 +87,15 @@ def serve(
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Triton's own log on the console.")] = False,
 ) -> None:
     """Serve the model with Triton Inference Server: dynamic batching, health/ready endpoints, HTTP and gRPC."""
+    from optimize.matte import probe_size_for
+    from optimize.serve import (
+        ServeOptions,
+        check_ports_free,
+        default_onnx_for_serving,
+        serve_model,
+        served_model_from_files,
+    )
+
     options = ServeOptions(
         host=host,
         port=port,

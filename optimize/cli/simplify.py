@@ -10,7 +10,6 @@ from rich.table import Table
 
 from optimize.artifacts import latest_fp32_onnx
 from optimize.cli.common import console
-from optimize.simplify import simplified_onnx_from_onnx
 
 app = typer.Typer()
 
@@ -25,6 +24,8 @@ def simplify(
     ] = None,
 ) -> None:
     """Simplify ONNX_PATH with onnxsim; print node counts and the op histogram before and after."""
+    from optimize.simplify import simplified_onnx_from_onnx
+
     source = onnx_path or latest_fp32_onnx(simplified=False)
     result = simplified_onnx_from_onnx(source, output)
     table = Table(title=f"{source} -> {result.path}")

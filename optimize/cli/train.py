@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from optimize.defaults import DEFAULT_VALIDATION_COUNT
 from optimize.shapes import parse_size
-from optimize.synthetic import DEFAULT_VALIDATION_COUNT
-from optimize.train import EpochReport, checkpoint_from_training
+
+if TYPE_CHECKING:  # optimize.train imports torch: only inside the command (fast `--help`)
+    from optimize.train import EpochReport
 
 app = typer.Typer()
 
@@ -67,6 +69,8 @@ def train(
     ] = 1.0,
 ) -> None:
     """Train a matting model and save it as a mopt checkpoint, with its validation IoU and MAD recorded."""
+    from optimize.train import checkpoint_from_training
+
     crop = parse_size(size)
     command = _command_line(
         data=data, synthetic=synthetic, arch=arch, size=f"{crop[0]}x{crop[1]}", epochs=epochs, batch=batch, lr=lr,
