@@ -26,6 +26,7 @@ OPTIONAL_MODULES: dict[str, tuple[str, str]] = {
     "cuda": ("tensorrt", "CUDA memory management for the TensorRT runner (cuda-python)"),
     "onnxsim": ("", "graph simplification"),
     "segmentation_models_pytorch": ("smp", "building segmentation_models_pytorch (SMP) architectures"),
+    "ray": ("ray", "running mopt matte as a Ray Data pipeline (--ray)"),
     "polygraphy": ("", "model comparison"),
 }
 
