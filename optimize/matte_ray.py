@@ -228,6 +228,8 @@ def _cluster_error(exc: BaseException) -> MoptError | None:
         cause = getattr(exc, "cause", None)
         if isinstance(cause, MoptError):
             return MoptError(str(cause.args[0]) if cause.args else str(cause))
+        if isinstance(cause, ImportError) and (cause.name or "").split(".")[0] in ("optimize", "architectures"):
+            return MoptError(f"its workers cannot import mopt ({cause}): pip install 'mopt[ray]' on every node")
         exc = cause if isinstance(cause, BaseException) else exc.__cause__
     return None
 
@@ -326,12 +328,20 @@ class _OneAtATime(InferenceBackend):
     def __init__(self, backend: InferenceBackend) -> None:
         self._inner = backend
         self._lock = threading.Lock()
+        self._waited = threading.local()
         self.name, self.backend = backend.name, backend.backend
         self.device, self.precision = backend.device, backend.precision
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
+        began = time.perf_counter()
         with self._lock:
+            self._waited.s = getattr(self._waited, "s", 0.0) + time.perf_counter() - began
             return self._inner.infer(batch)
+
+    def take_waited_s(self) -> float:
+        """Seconds this thread waited for its turn since the last call (not inference time, for the report)."""
+        waited, self._waited.s = getattr(self._waited, "s", 0.0), 0.0
+        return waited
 
     def close(self) -> None:
         self._inner.close()
@@ -413,13 +423,15 @@ class MatteActor:
             return {**outcome, "failed": [[path, reason] for path in paths]}
         run = _MatteRun([job.image for job in jobs], [job.output for job in jobs], self.outdir, self.backend,
                         self.settings, None)  # fmt: skip
+        self.backend.take_waited_s()
         try:
             with self._turn(alone=attempt > 1):
-                run.process(self.pool, [jobs])
+                run.process(self.pool, [jobs])  # inference runs on this thread: its waits are this thread's
         except Exception as exc:  # process() reports per-file failures itself; this is anything else
             accounted = {failure.path for failure in run.failed}
             reason = f"the batch failed on the Ray worker: {type(exc).__name__}: {_reason(exc)}"
             run.failed.extend(MatteFailure(path, reason) for path in paths if path not in accounted)
+        run.stage["infer"] = max(0.0, run.stage["infer"] - self.backend.take_waited_s())
         failed = {failure.path: failure.reason for failure in run.failed}
         return {
             **outcome,

@@ -232,6 +232,15 @@ def test_two_nodes_write_what_plain_matte_writes_and_a_rerun_writes_nothing(clus
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_model_the_workers_cannot_run_is_a_one_line_error(cluster, tiny_onnx):
+    with ray_cluster(cluster.address) as joined, pytest.raises(MoptError) as info:
+        backend_on_cluster(joined, backend_loader(_sources(tiny_onnx), require_gpu=True))
+    message = str(info.value)
+    assert message.startswith("on the Ray cluster: --require-gpu: no GPU backend can run here") and "\n" not in message
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_dead_workers_are_retried_and_every_input_is_accounted_for(cluster, mixed, tiny_onnx, tmp_path):
     root, good, broken = mixed
