@@ -11,7 +11,7 @@ import optimize
 from optimize.deps import install_hint, require
 from optimize.errors import MoptError
 
-OPTIONAL = ["tensorrt", "modelopt", "pytriton", "tritonclient", "cuda", "cupy"]
+OPTIONAL = ["tensorrt", "modelopt", "pytriton", "tritonclient", "cuda", "cupy", "ray"]
 
 
 def all_modules():

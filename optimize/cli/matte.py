@@ -153,11 +153,11 @@ def matte(
     if ray or ray_address is not None:
         from optimize.cli.matte_ray import matte_on_ray
 
-        matte_on_ray(
+        raise typer.Exit(matte_on_ray(
             inputs, outdir, sources, address=ray_address, require_gpu=require_gpu, output=output.value,
             background=color, batch=batch, workers=workers, max_side=max_side, overwrite=overwrite,
             report_path=report_path, compression=compression.value,
-        )  # fmt: skip
+        ))  # fmt: skip
     choice = select_backend(sources, require_gpu=require_gpu)
     with choice.backend:
         console.print(f"backend: {choice.backend.name} ({choice.name}) on {choice.backend.device}")

@@ -30,8 +30,12 @@ def matte_on_ray(
     overwrite: bool,
     report_path: Path | None,
     compression: str,
-) -> None:
-    """Start or join Ray, choose the backend on a worker, run, print the summary; exits 1 if any file failed."""
+) -> int:
+    """Start or join Ray, choose the backend on a worker, run, print the summary.
+
+    Returns:
+        The exit code: 1 if any file failed, else 0 (an interruption exits 130 from here).
+    """
     load = backend_loader(sources, require_gpu=require_gpu)
     with contextlib.ExitStack() as stack:
         with console.status("starting Ray" if address is None else f"joining the Ray cluster at {address}"):
@@ -98,4 +102,4 @@ def matte_on_ray(
     print_summary(report, report_path)
     if report.retried_batches:
         console.print(f"{report.retried_batches} batch(es) ran again after their Ray worker died")
-    raise typer.Exit(1 if report.failed else 0)
+    return 1 if report.failed else 0
