@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # torch==2.13.0 resolves to the CPU wheel on CPU machines; an unpinned torch pulls several GB of CUDA wheels.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,precision,serve
+EXTRAS ?= dev,precision,serve,ray
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 REPORT ?= reports/latest

@@ -25,6 +25,7 @@ OPTIONAL_MODULES: dict[str, tuple[str, str]] = {
     "tritonclient": ("serve", "Triton client and model-config protobufs"),
     "onnxsim": ("", "graph simplification"),
     "segmentation_models_pytorch": ("smp", "building segmentation_models_pytorch (SMP) architectures"),
+    "ray": ("ray", "running mopt matte as a Ray Data pipeline (--ray)"),
     "polygraphy": ("", "model comparison"),
     "openvino": ("", "running ONNX models with OpenVINO on the CPU"),
 }

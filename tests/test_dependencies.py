@@ -11,7 +11,7 @@ import optimize
 from optimize.deps import install_hint, require
 from optimize.errors import MoptError
 
-OPTIONAL = ["tensorrt", "modelopt", "pytriton", "tritonclient", "cuda", "cupy", "openvino"]
+OPTIONAL = ["tensorrt", "modelopt", "pytriton", "tritonclient", "cuda", "cupy", "openvino", "ray"]
 
 
 def all_modules():

@@ -144,6 +144,16 @@ def matte(
             "on a CPU the choice times OpenVINO against ONNX Runtime at the --max-side square.",
         ),
     ] = None,
+    ray: Annotated[
+        bool,
+        typer.Option("--ray", help="Run as a Ray Data pipeline on a local Ray instance (or on --ray-address)."),
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address", help="Join this Ray cluster: auto, ray://HOST:10001 or HEAD:6379 (implies --ray)."
+        ),
+    ] = None,
 ) -> None:
     """Remove the background of every image: outputs keep the folder structure; exit 1 if any file failed."""
     from optimize.backends import backend_spec
@@ -154,6 +164,14 @@ def matte(
         raise MoptError(f"--background only applies to --output composite (got --output {output.value})")
     color = parse_color(background) if background is not None else (255, 255, 255)
     sources = model_sources(engine, onnx, checkpoint, arch, threads)
+    if ray or ray_address is not None:
+        from optimize.cli.matte_ray import matte_on_ray
+
+        raise typer.Exit(matte_on_ray(
+            inputs, outdir, sources, address=ray_address, require_gpu=require_gpu, output=output.value,
+            background=color, batch=batch, workers=workers, max_side=max_side, overwrite=overwrite,
+            report_path=report_path, compression=compression.value,
+        ))  # fmt: skip
     if backend is not None:
         backend_spec(backend)  # an unknown name fails here, listing the known ones
     choice = select_backend(
