@@ -402,7 +402,7 @@ def _sigmoid_of_channel_mean_onnx(path):
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
         [helper.make_tensor_value_info("alpha", TensorProto.FLOAT, ["batch", 1, "height", "width"])],
     )  # fmt: skip
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(path))
     return path
 
 

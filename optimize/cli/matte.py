@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -64,6 +66,56 @@ def model_sources(
         )
     console.print(f"model: {DEFAULT_MATTE_CHECKPOINT} (default: the bundled MediaPipe selfie segmentation model)")
     return ModelSources(checkpoint=DEFAULT_MATTE_CHECKPOINT, arch=arch, threads=threads)
+
+
+def fit_run_to_backend(choice, batch: int, max_side: int | None) -> tuple[int, int, int]:
+    """Print the choice's notes and ``(batch, max_side, min_side)`` for the run, narrowed to what it accepts."""
+    from optimize.matte import default_max_side
+
+    for name, why in choice.skipped.items():
+        console.print(f"[dim]  not used: {name}: {why}", highlight=False)
+    for note in choice.notes:
+        console.print(f"[yellow]note: {note}")
+    max_side = default_max_side(choice.normalization, max_side)  # the card's preferred side by default
+    run_batch, run_max_side, min_side = choice.fit(batch, max_side)
+    if (run_batch, run_max_side) != (batch, max_side):
+        console.print(f"[yellow]the engine's profile limits this run to --batch {run_batch} --max-side {run_max_side}")
+    return run_batch, run_max_side, min_side
+
+
+@contextlib.contextmanager
+def matte_progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A progress bar per phase (scan, matte) with images/s; yields the callback the matte run reports to.
+
+    Ctrl-C inside the block stops the bar, says that every output written is complete, and exits 130.
+    """
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        tasks: dict[str, int] = {}
+        started: dict[str, float] = {}
+
+        def show(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task("scanning" if phase == "scan" else "matting", total=total, rate="")
+                started[phase] = time.perf_counter()
+            elapsed = time.perf_counter() - started[phase]
+            rate = f"{done / elapsed:.1f} images/s" if phase == "matte" and done and elapsed > 0 else ""
+            bar.update(tasks[phase], completed=done, total=total, rate=rate)
+
+        try:
+            yield show
+        except KeyboardInterrupt:
+            bar.stop()
+            console.print("interrupted: every output written is complete; run the same command again to go on")
+            raise typer.Exit(130) from None
 
 
 def print_summary(report: MatteReport, report_path: Path | None) -> None:
@@ -158,7 +210,7 @@ def matte(
     """Remove the background of every image: outputs keep the folder structure; exit 1 if any file failed."""
     from optimize.backends import backend_spec
     from optimize.images import parse_color
-    from optimize.matte import BACKEND_PREFERENCE, default_max_side, mattes_from_images, probe_size_for, select_backend
+    from optimize.matte import BACKEND_PREFERENCE, mattes_from_images, probe_size_for, select_backend
 
     if background is not None and output != OutputKind.composite:
         raise MoptError(f"--background only applies to --output composite (got --output {output.value})")
@@ -183,57 +235,23 @@ def matte(
     with choice.backend:
         why = f", {choice.probe.describe()}" if choice.probe else (" (--backend)" if backend else "")
         console.print(f"backend: {choice.backend.name} ({choice.name}) on {choice.backend.device}{why}")
-        for name, why in choice.skipped.items():
-            console.print(f"[dim]  not used: {name}: {why}", highlight=False)
-        for note in choice.notes:
-            console.print(f"[yellow]note: {note}")
-        max_side = default_max_side(choice.normalization, max_side)
-        run_batch, run_max_side, min_side = choice.fit(batch, max_side)
-        if (run_batch, run_max_side) != (batch, max_side):
-            console.print(
-                f"[yellow]the engine's profile limits this run to --batch {run_batch} --max-side {run_max_side}"
+        run_batch, run_max_side, min_side = fit_run_to_backend(choice, batch, max_side)
+        with matte_progress() as show:
+            report = mattes_from_images(
+                inputs,
+                outdir,
+                backend=choice.backend,
+                normalization=choice.normalization,
+                output=output.value,
+                background=color,
+                batch=run_batch,
+                workers=workers,
+                max_side=run_max_side,
+                min_side=min_side,
+                overwrite=overwrite,
+                compression=compression.value,
+                report_path=report_path,
+                progress=show,
             )
-        with Progress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-        ) as bar:
-            tasks: dict[str, int] = {}
-            started: dict[str, float] = {}
-
-            def show(phase: str, done: int, total: int) -> None:
-                if phase not in tasks:
-                    tasks[phase] = bar.add_task("scanning" if phase == "scan" else "matting", total=total, rate="")
-                    started[phase] = time.perf_counter()
-                elapsed = time.perf_counter() - started[phase]
-                rate = f"{done / elapsed:.1f} images/s" if phase == "matte" and done and elapsed > 0 else ""
-                bar.update(tasks[phase], completed=done, total=total, rate=rate)
-
-            try:
-                report = mattes_from_images(
-                    inputs,
-                    outdir,
-                    backend=choice.backend,
-                    normalization=choice.normalization,
-                    output=output.value,
-                    background=color,
-                    batch=run_batch,
-                    workers=workers,
-                    max_side=run_max_side,
-                    min_side=min_side,
-                    overwrite=overwrite,
-                    compression=compression.value,
-                    report_path=report_path,
-                    progress=show,
-                )
-            except KeyboardInterrupt:
-                bar.stop()
-                console.print("interrupted: every output written is complete; run the same command again to go on")
-                raise typer.Exit(130) from None
     print_summary(report, report_path)
     raise typer.Exit(1 if report.failed else 0)
