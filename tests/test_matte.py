@@ -342,6 +342,10 @@ def block_on_third_call(infer, marker):
 """
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def renamed_outputs(folder: Path) -> list[Path]:
     """Outputs under their final names (a temporary file being written starts with a dot)."""
     return [p for p in folder.glob("*.png") if not p.name.startswith(".")]
@@ -372,7 +376,11 @@ Grey.infer = block_on_third_call(Grey.infer, {str(marker)!r})
 mattes_from_images([{str(tmp_path / "in")!r}], {str(out)!r}, backend=Grey(), normalization=IMAGENET, batch=1,
                    compression="small")
 """
-    process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stderr=subprocess.PIPE)
+    # SIGINT back to its default in the child: a signal the test process ignores (an earlier test's Ray or Triton
+    # may leave SIGINT ignored) stays ignored across exec, and Python then installs no KeyboardInterrupt handler.
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=REPO, stderr=subprocess.PIPE, preexec_fn=_default_sigint
+    )
     try:
         wait_for(_two_outputs_and_blocked(out, marker), process, "two outputs written and the third call blocked")
         process.send_signal(signal.SIGINT)
@@ -405,7 +413,7 @@ main()
     # --backend: the hook is on ONNX Runtime, so no probe may pick OpenVINO (or count the probe's calls).
     args = ["matte", str(tmp_path / "in"), "-o", str(out), "--onnx", str(tiny_onnx), "--batch", "1", "--threads", "1",
             "--backend", "onnxruntime"]  # fmt: skip
-    process = subprocess.Popen([sys.executable, "-c", hooked, str(marker), *args], cwd=REPO,
+    process = subprocess.Popen([sys.executable, "-c", hooked, str(marker), *args], cwd=REPO, preexec_fn=_default_sigint,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         wait_for(_two_outputs_and_blocked(out, marker), process, "two outputs written and the third call blocked")
