@@ -18,7 +18,7 @@ from optimize.checkpoint import LoadedCheckpoint, load_checkpoint
 from optimize.defaults import DEFAULT_OPSET as DEFAULT_OPSET
 from optimize.errors import MoptError
 from optimize.fileio import atomic_output
-from optimize.onnx_model import onnx_normalization, read_metadata, set_metadata, write_card  # noqa: F401  (re-exports)
+from optimize.onnx_model import set_metadata, write_card
 
 INPUT_NAME = DEFAULT_INPUT_NAME
 OUTPUT_NAME = DEFAULT_OUTPUT_NAME

@@ -729,7 +729,7 @@ def mattes_from_images(
     outdir: str | Path,
     *,
     backend: InferenceBackend,
-    normalization: Normalization,
+    normalization: ModelCard | Normalization,
     output: str = "rgba",
     background: tuple[int, int, int] = (255, 255, 255),
     batch: int = DEFAULT_BATCH,

@@ -428,7 +428,7 @@ def write_model(path: Path, input_name: str = "input", output_name: str = "alpha
     import onnx
     from onnx import helper
 
-    from optimize.export import set_metadata
+    from optimize.onnx_model import set_metadata
 
     dims = dims or ["batch", 3, "height", "width"]
     out_dims = [dims[0], 1, dims[2], dims[3]]
