@@ -29,11 +29,57 @@ def latest_fp32_onnx(folder: Path = ENGINES_DIR, simplified: bool = True) -> Pat
 
     The newest export wins; its simplified version is returned when it exists and ``simplified`` is set.
     """
-    candidates = [
+    return default_fp32_onnx(folder, simplified)[0]
+
+
+def default_fp32_onnx(
+    folder: Path = ENGINES_DIR, simplified: bool = True, made_from: tuple[str, str] | None = None
+) -> tuple[Path, str]:
+    """The FP32 model a command runs when none is named, and the sentence that says why that one.
+
+    Args:
+        folder: where ``mopt export`` writes.
+        simplified: prefer the export's ``.sim.onnx`` when it exists.
+        made_from: ``(sha256, label)`` of the checkpoint the model must have been exported from (a command that
+            pairs it with that checkpoint); the newest export of that checkpoint wins over newer exports of
+            other models, and none is an error rather than a pairing of two different models.
+
+    Raises:
+        MoptError: no export in ``folder`` (made from that checkpoint).
+    """
+    exports = [
         p for p in folder.glob("*.onnx") if not any(p.name.endswith(s + ".onnx") for s in (*PRECISION_SUFFIXES, ".sim"))
     ]
-    if not candidates:
+    if not exports:
         raise MoptError(f"no ONNX model in {folder}/; run `mopt export CHECKPOINT` first or pass the ONNX path")
-    newest = max(candidates, key=lambda p: p.stat().st_mtime)
+    exports.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    why = f"default: newest FP32 export in {folder}/"
+    if made_from is not None:
+        from optimize.onnx_model import lineage_of
+
+        sha, label = made_from
+        matching = [p for p in exports if lineage_of(p) == sha]
+        if not matching:
+            raise MoptError(
+                f"no ONNX in {folder}/ was exported from {label}; run `mopt export {label}` first, or name the "
+                "ONNX (--onnx) and its checkpoint (--checkpoint)"
+            )
+        why = f"default: newest FP32 export of {label} in {folder}/"
+        if matching[0] != exports[0]:
+            why += f" (the newer {exports[0].name} is another model's)"
+        exports = matching
+    newest = exports[0]
     simplified_path = derived_path(newest, "sim")
-    return simplified_path if simplified and simplified_path.exists() else newest
+    if simplified and simplified_path.exists():
+        return simplified_path, why.replace("FP32 export", "FP32 export, simplified,", 1)
+    return newest, why
+
+
+def default_onnx_models(made_from: tuple[str, str] | None = None) -> list[tuple[Path, str]]:
+    """The FP32 model left in engines/ plus its FP16 and INT8 versions when they were made, each with its why."""
+    fp32, why = default_fp32_onnx(ENGINES_DIR, made_from=made_from)
+    models = [(fp32, why)]
+    for tag in ("fp16", "int8"):
+        if (path := derived_path(fp32, tag)).exists():
+            models.append((path, f"default: the {tag.upper()} version of {fp32}"))
+    return models

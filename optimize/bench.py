@@ -47,10 +47,12 @@ class BenchReport:
     results: list[BenchResult] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)  # [{"backend": str, "reason": str, ...}]
     settings: dict = field(default_factory=dict)
+    models: list[dict] = field(default_factory=list)  # the files measured: ModelIdentity.to_dict() each
 
     def to_dict(self) -> dict:
         return {
             "machine": self.machine,
+            "models": self.models,
             "settings": self.settings,
             "results": [asdict(r) for r in self.results],
             "skipped": self.skipped,

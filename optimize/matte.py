@@ -413,6 +413,7 @@ class MatteReport:
     stage_s: dict[str, float]
     interrupted: bool = False
     redone: int = 0
+    models: list[dict] = field(default_factory=list)  # the model files run: ModelIdentity.to_dict() each
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -523,8 +524,10 @@ class _MatteRun:
         backend: InferenceBackend,
         settings: MatteSettings,
         progress: ProgressCallback | None,
+        models: Sequence[dict] = (),
     ) -> None:
         self.images, self.outputs, self.outdir = images, outputs, outdir
+        self.models = [dict(m) for m in models]
         self.backend, self.settings = backend, settings
         self.notify = progress or (lambda phase, done, total: None)
         self.failed: list[MatteFailure] = []
@@ -721,6 +724,7 @@ class _MatteRun:
             stage_s={k: round(v, 3) for k, v in self.stage.items()},
             interrupted=interrupted,
             redone=self.redone,
+            models=self.models,
         )
 
 
@@ -740,6 +744,7 @@ def mattes_from_images(
     min_side: int = SIZE_STEP,
     report_path: str | Path | None = None,
     progress: ProgressCallback | None = None,
+    models: Sequence[dict] = (),
 ) -> MatteReport:
     """Matte every image of ``inputs`` into ``outdir``, keeping their relative folder structure.
 
@@ -760,6 +765,7 @@ def mattes_from_images(
             :meth:`BackendChoice.fit`); smaller images are scaled up for inference.
         report_path: where to write the report JSON (also written when the run is interrupted).
         progress: called as ``progress(phase, done, total)`` with phase ``"scan"`` then ``"matte"``.
+        models: the identities of the model files the backend runs, recorded in the report.
 
     Returns:
         The report; ``report.failed`` lists every input that produced no output.
@@ -790,7 +796,7 @@ def mattes_from_images(
                 "choose another -o"
             )
     images = expand_image_inputs(inputs, exclude=outdir)
-    run = _MatteRun(images, output_paths(images, outdir), outdir, backend, settings, progress)
+    run = _MatteRun(images, output_paths(images, outdir), outdir, backend, settings, progress, models)
     with _sigterm_as_interrupt(), ThreadPoolExecutor(settings.workers, thread_name_prefix="mopt-matte") as pool:
         try:
             run.process(pool, run.plan(pool))

@@ -611,6 +611,7 @@ def mattes_from_images_on_ray(
     report_path: str | Path | None = None,
     progress: ProgressCallback | None = None,
     plan: ActorPlan | None = None,
+    models: Sequence[dict] = (),
 ) -> RayMatteReport:
     """Matte every image of ``inputs`` into ``outdir`` on a Ray cluster; the outputs of :func:`mattes_from_images`.
 
@@ -625,6 +626,7 @@ def mattes_from_images_on_ray(
         report_path: where to write the report JSON (also written when the run is interrupted).
         progress: called as ``progress(phase, done, total)`` with phase ``"scan"`` then ``"matte"``.
         plan: the actors to start (default: :func:`plan_actors` for the cluster and the backend's device).
+        models: the identities of the model files the actors run, recorded in the report.
 
     Returns:
         The report; ``report.failed`` lists every input that produced no output.
@@ -645,7 +647,7 @@ def mattes_from_images_on_ray(
     plan = plan or plan_actors(cluster.nodes, gpu=choice.backend.device != "cpu")
     actor_settings = dataclasses.replace(settings, workers=workers or max(1, int(plan.num_cpus)))
     # The plain run's planning, on the driver: headers read in threads, complete outputs skipped, batches cut.
-    run = _MatteRun(images, outputs, outdir, choice.backend, settings, notify)
+    run = _MatteRun(images, outputs, outdir, choice.backend, settings, notify, models)
     with ThreadPoolExecutor(settings.workers, thread_name_prefix="mopt-matte-scan") as pool:
         batches = run.plan(pool)
     original = {str(job.image.path.absolute()): str(job.image.path) for group in batches for job in group}

@@ -204,6 +204,7 @@ def run_pipeline(
             skipped.append({"backend": c.name, "reason": "INT8 recipe made for ONNX Runtime's kernels, not OpenVINO's"})
         description = {
             "images": str(s.calibration_images or "generated composites"),
+            "count": sum(len(b) for b in inputs),
             "size": "x".join(map(str, s.size)),
         }
         report = compare_models(reference_from_checkpoint(src), candidates, inputs, input_description=description)

@@ -237,8 +237,12 @@ def _compare_section(compare: Mapping[str, Any] | None) -> list[str]:
     if compare is None:
         return [*lines, "Not run: see the compare stage above.", ""]
     verdict = "**PASSED**" if compare["passed"] else "**FAILED**"
+    inputs = compare.get("inputs") or {}
+    judged_on = inputs.get("images", "unrecorded inputs")
+    if inputs.get("count") or inputs.get("size"):
+        judged_on += f" ({inputs.get('count', '?')} images at {inputs.get('size', '?')})"
     lines += [
-        f"Reference: `{_cell(compare['reference'])}`. Overall: {verdict}.",
+        f"Reference: `{_cell(compare['reference'])}`. Overall: {verdict}. Judged on: {_cell(judged_on)}.",
         "",
         "A candidate passes when every output element is within its absolute/relative tolerance (atol/rtol, set "
         "per precision: FP16 and INT8 cannot meet FP32's). The matte metrics say whether a difference matters: "

@@ -326,6 +326,7 @@ def served_model_from_files(
     backend: str | None = None,
     threads: int | None = None,
     probe_size: tuple[int, int] | None = None,
+    identity: ModelIdentity | None = None,
 ) -> ServedModel:
     """Load the model to serve with the backend ``mopt matte`` would pick for it.
 
@@ -339,6 +340,7 @@ def served_model_from_files(
         threads: CPU threads for ONNX Runtime and OpenVINO.
         probe_size: the largest size served: on a CPU, OpenVINO and ONNX Runtime are timed at it and the faster
             serves (see :func:`optimize.matte.select_backend`).
+        identity: the model's identity when the caller has already read it (to print it before the probe).
 
     Raises:
         MoptError: neither or both given, a missing file or sidecar, or no backend that can run it here.
@@ -350,7 +352,7 @@ def served_model_from_files(
         raise MoptError(f"model {source} does not exist; pass the path of an ONNX model or a TensorRT engine")
     # Read first: a file that is no ONNX (or an engine without a readable sidecar) is named as such, before
     # backends are tried and each reports its own failure.
-    identity = model_identity(source)
+    identity = identity or model_identity(source)
     if engine is not None:
         from optimize.deploy import read_engine_sidecar
 

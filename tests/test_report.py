@@ -157,6 +157,14 @@ def test_compare_table_states_tolerances_and_verdicts(compare, bench, stages) ->
     assert [c.strip() for c in fp16.split(" | ")][7] == "2"
 
 
+def test_compare_section_says_what_the_verdicts_were_reached_on(compare, bench, stages) -> None:
+    judged = {**compare, "inputs": {"images": "engines/photos", "count": 3, "size": "256x256"}}
+    markdown = markdown_report({"machine": {}, "stages": stages, "compare": judged, "bench": bench})
+    assert "Judged on: engines/photos (3 images at 256x256)." in markdown
+    unrecorded = markdown_report({"machine": {}, "stages": stages, "compare": compare, "bench": bench})
+    assert "Judged on: " in unrecorded
+
+
 def test_speedups_are_reference_p50_over_p50_at_the_same_batch_and_size(bench) -> None:
     ratios = speedups(bench["results"])
     by_key = {(r["backend"], r["batch"], r["height"]): ratio for r, ratio in zip(bench["results"], ratios, strict=True)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -17,10 +18,10 @@ from optimize.cli.common import (
     JsonOption,
     OnnxModelsOption,
     ThreadsOption,
+    announce_models,
     console,
     progress,
 )
-from optimize.cli.compare import default_onnx_models
 from optimize.errors import MoptError
 from optimize.fileio import write_json
 from optimize.shapes import parse_ints, parse_sizes
@@ -121,6 +122,9 @@ def bench(
     ] = None,
     arch: ArchOption = None,
     json_path: JsonOption = None,
+    allow_mismatch: Annotated[
+        bool, typer.Option("--allow-mismatch", help="Time an ONNX made from another checkpoint beside PyTorch anyway.")
+    ] = False,
 ) -> None:
     """Benchmark each backend at each batch and size after warm-up; print a table, optionally write JSON."""
     from optimize.backends import ModelSources, backend_spec
@@ -131,15 +135,40 @@ def bench(
     names = [b.strip() for b in (backend or DEFAULT_BACKENDS).split(",") if b.strip()]
     needs_onnx = any(n.startswith(("onnxruntime", "openvino")) for n in names)
     named_paths = [*(onnx or []), *([engine] if engine else [])]
-    torch_named = explicit_backend and any(n == "torch" or n.startswith("torch-") for n in names)
-    if checkpoint != DEFAULT_CHECKPOINT_PATH or torch_named:
+    torch_used = any(n == "torch" or n.startswith("torch-") for n in names)
+    if checkpoint != DEFAULT_CHECKPOINT_PATH or (explicit_backend and torch_used):
         named_paths.append(checkpoint)
     for path in named_paths:  # a path the user named (or the checkpoint a named torch backend needs) must exist
         if not path.is_file():
             raise MoptError(f"{path} does not exist; give an existing file or drop the backend that needs it")
+    identities = []
+    loaded = None
+    if torch_used and checkpoint.is_file():
+        from optimize.checkpoint import load_checkpoint
+        from optimize.identity import checkpoint_identity
+
+        loaded = load_checkpoint(checkpoint, arch=arch)
+        default = "default: the bundled checkpoint" if checkpoint == DEFAULT_CHECKPOINT_PATH else None
+        identities.append(checkpoint_identity(loaded, default).with_role("PyTorch backends"))
+    named_onnx: list[tuple[Path, str | None]] = [(path, None) for path in onnx or []]
+    if needs_onnx and not onnx:
+        from optimize.artifacts import default_onnx_models
+
+        # Timed beside PyTorch, the ONNX must be an export of that checkpoint, or the speed-ups compare two models.
+        lineage = (loaded.sha256, str(checkpoint)) if loaded is not None and not allow_mismatch else None
+        named_onnx = default_onnx_models(made_from=lineage)
+    from optimize.identity import check_lineage, model_identity
+
+    identities += [model_identity(path, why) for path, why in named_onnx]
+    if engine is not None:
+        identities.append(model_identity(engine))
+    models = announce_models(*identities)
+    if loaded is not None and not allow_mismatch:
+        for path, _ in named_onnx:
+            check_lineage(path, loaded.sha256, f"checkpoint {checkpoint}")
     sources = ModelSources(
         checkpoint=checkpoint,
-        onnx=list(onnx or (default_onnx_models() if needs_onnx else [])),
+        onnx=[path for path, _ in named_onnx],
         engine=engine,
         arch=arch,
         threads=threads,
@@ -166,6 +195,7 @@ def bench(
             price_per_hour,
             on_step=lambda label: bar.update(task, description=label, advance=1),
         )
+    report.models = models
     print_bench(report)
     if json_path:
         write_json(json_path, report.to_dict())

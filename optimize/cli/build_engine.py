@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from optimize.artifacts import ENGINES_DIR
-from optimize.cli.common import console
+from optimize.cli.common import announce_models, console
 from optimize.engine import DEFAULT_OPT_LEVEL, EngineBuildResult, default_build_onnx, engine_from_onnx
 from optimize.errors import MoptError
 from optimize.profiles import DEFAULT_PROFILE, ShapeProfile, format_shape, profiles_from_options
@@ -120,8 +120,20 @@ def build_engine(
     precision = chosen_precision(fp32, fp16, int8)
     profiles = profiles_from_options(min_shape, opt_shape, max_shape, profile or [])
     converting = recipe is not None or calib is not None or synthetic is not None
+    from optimize.identity import model_identity
+
+    origin = None
+    if onnx is None:
+        onnx = default_build_onnx(precision, ENGINES_DIR, converting=converting)
+        derived = onnx.name.endswith((".fp16.onnx", ".int8.onnx"))
+        origin = (
+            f"default: the {precision.upper()} model made from the newest export in {ENGINES_DIR}/"
+            if derived and precision
+            else f"default: the newest FP32 export in {ENGINES_DIR}/"
+        )
+    announce_models(model_identity(onnx, origin))
     result = engine_from_onnx(
-        onnx if onnx is not None else default_build_onnx(precision, ENGINES_DIR, converting=converting),
+        onnx,
         output,
         precision=precision,
         profiles=profiles,

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from optimize.defaults import DEFAULT_CHECKPOINT
+
+if TYPE_CHECKING:
+    from optimize.identity import ModelIdentity
 
 console = Console()
 if not console.is_terminal:
@@ -47,3 +50,12 @@ def progress() -> Progress:
         console=console,
         transient=True,
     )
+
+
+def announce_models(*identities: ModelIdentity) -> list[dict]:
+    """Print one ``model:`` line per file a command runs (before it runs them); return them for its JSON."""
+    from rich.markup import escape
+
+    for identity in identities:
+        console.print(f"model: {escape(identity.describe())}", highlight=False)
+    return [identity.to_dict() for identity in identities]

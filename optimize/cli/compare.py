@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from optimize.artifacts import ENGINES_DIR, derived_path, latest_fp32_onnx
 from optimize.cli.common import (
     DEFAULT_CHECKPOINT_PATH,
     ArchOption,
@@ -20,6 +19,7 @@ from optimize.cli.common import (
     JsonOption,
     OnnxModelsOption,
     ThreadsOption,
+    announce_models,
     console,
 )
 from optimize.errors import MoptError
@@ -30,12 +30,6 @@ if TYPE_CHECKING:  # the library modules import torch, ONNX, Polygraphy: only in
     from optimize.compare import CompareReport
 
 app = typer.Typer()
-
-
-def default_onnx_models() -> list[Path]:
-    """The FP32 model left in engines/ plus its FP16 and INT8 versions when they were made."""
-    fp32 = latest_fp32_onnx(ENGINES_DIR)
-    return [fp32] + [p for p in (derived_path(fp32, "fp16"), derived_path(fp32, "int8")) if p.exists()]
 
 
 NAME_WIDTH = 22  # longer candidate names fold onto a second line, so the table fits 80 columns
@@ -90,19 +84,6 @@ def print_compare(report: CompareReport, wide: bool = False, out: Console | None
             out.print(f"[red]FAIL[/] {escape(c.name)}: {escape('; '.join(c.failures))}")
 
 
-def check_lineage(candidate: Path, expected: str | None, origin: str) -> None:
-    """Refuse to compare a model made from another checkpoint: its differences would be no verdict at all."""
-    from optimize.onnx_model import lineage_of
-
-    found = lineage_of(candidate)
-    if expected is None or found is None or found == expected:
-        return
-    raise MoptError(
-        f"{candidate} was made from another model (sha256 {found[:12]}) than the {origin} (sha256 {expected[:12]}); "
-        "give the matching reference, or pass --allow-mismatch to compare anyway"
-    )
-
-
 @app.command("compare")
 def compare(
     checkpoint: CheckpointOption = DEFAULT_CHECKPOINT_PATH,
@@ -131,6 +112,7 @@ def compare(
     ] = False,
 ) -> None:
     """Compare ONNX/TensorRT candidates with PyTorch FP32; exit 1 if any is out of tolerance."""
+    from optimize.artifacts import default_onnx_models
     from optimize.backends import ModelSources
     from optimize.checkpoint import load_checkpoint
     from optimize.compare import (
@@ -140,31 +122,40 @@ def compare(
         reference_from_checkpoint,
         reference_from_onnx,
     )
+    from optimize.identity import check_lineage, checkpoint_identity, model_identity
     from optimize.onnx_model import card_of_onnx, lineage_of
 
+    for path, what in [(reference, "reference ONNX"), *((p, "ONNX model") for p in onnx or []), (engine, "engine")]:
+        if path is not None and not path.is_file():  # a file the user named: an error, never a skipped row
+            raise MoptError(f"{what} {path} does not exist; give the path of an existing file")
     if reference is not None:
-        if not reference.is_file():
-            raise MoptError(f"reference ONNX {reference} does not exist")
-        card = card_of_onnx(reference)
-        ref = reference_from_onnx(reference, threads)
-        checkpoint = None
         if not onnx and engine is None:
             raise MoptError("--reference needs candidates to compare with it: give --onnx (repeatable) or --engine")
-        expected = lineage_of(reference)
-        origin = f"reference {reference}"
+        reference_id = model_identity(reference).with_role("reference, ONNX Runtime FP32")
+        card = card_of_onnx(reference)
+        checkpoint = None
+        expected, origin = lineage_of(reference), f"reference {reference}"
     else:
         loaded = load_checkpoint(checkpoint, arch=arch)
+        default = "default: the bundled checkpoint" if checkpoint == DEFAULT_CHECKPOINT_PATH else None
+        reference_id = checkpoint_identity(loaded, default).with_role("reference, PyTorch FP32")
         card, expected, origin = loaded.card, loaded.sha256, f"checkpoint {checkpoint}"
-    sources = ModelSources(
-        checkpoint=checkpoint, onnx=list(onnx or default_onnx_models()), engine=engine, arch=arch, threads=threads
-    )
-    for path in sources.onnx:
-        if not path.is_file():
-            raise MoptError(f"ONNX model {path} does not exist; give the path of an exported model")
-        if not allow_mismatch:
+    if onnx:
+        named = [(path, None) for path in onnx]
+    elif reference is None:  # the exports of this very checkpoint, never another model's that happens to be newer
+        named = default_onnx_models(made_from=None if allow_mismatch else (loaded.sha256, str(checkpoint)))
+    else:
+        named = []
+    identities = [reference_id, *(model_identity(path, why).with_role("candidate") for path, why in named)]
+    if engine is not None:
+        identities.append(model_identity(engine).with_role("candidate"))
+    models = announce_models(*identities)
+    if not allow_mismatch:
+        for path, _ in named:
             check_lineage(path, expected, origin)
-    if engine is not None and not engine.is_file():
-        raise MoptError(f"engine {engine} does not exist; build one with `mopt build-engine` or drop --engine")
+    sources = ModelSources(
+        checkpoint=checkpoint, onnx=[path for path, _ in named], engine=engine, arch=arch, threads=threads
+    )
     height, width = parse_size(size) if size else card.size.nearest(512, 512)
     card.size.check(height, width, what="--size")
     batch = min(batch, card.batch) if card.batch else batch
@@ -172,17 +163,16 @@ def compare(
     candidates, skipped = candidates_from_sources(sources)
     description = {
         "images": str(images) if images else "generated composites",
-        "count": count,
+        "count": sum(len(b) for b in inputs),  # a folder may hold fewer than --count
         "batch": batch,
         "size": f"{height}x{width}",
         "reference": str(reference) if reference else str(checkpoint),
     }
-    if reference is None:
-        ref = reference_from_checkpoint(sources)
+    ref = reference_from_onnx(reference, threads) if reference is not None else reference_from_checkpoint(sources)
     report = compare_models(ref, candidates, inputs, input_description=description)
     print_compare(report, wide=wide)
     for s in skipped:
         console.print(f"[dim]skipped {escape(s['backend'])}: {escape(s['reason'])}")
     if json_path:
-        write_json(json_path, {**report.to_dict(), "skipped": skipped})
+        write_json(json_path, {"models": models, **report.to_dict(), "skipped": skipped})
     raise typer.Exit(0 if report.passed else 1)

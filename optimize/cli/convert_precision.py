@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from optimize.artifacts import latest_fp32_onnx
-from optimize.cli.common import ThreadsOption, console
+from optimize.artifacts import default_fp32_onnx
+from optimize.cli.common import ThreadsOption, announce_models, console
 from optimize.defaults import DEFAULT_VERIFY_COUNT, FP16_MAD, FP16_MAX_ABS
 from optimize.errors import MoptError
 from optimize.shapes import parse_size
@@ -56,7 +56,10 @@ def convert_precision(
 
     if not fp16:
         raise MoptError("choose the target precision: --fp16 (for INT8 use `mopt quantize ONNX --int8`)")
-    source = onnx_path or latest_fp32_onnx()
+    from optimize.identity import model_identity
+
+    source, origin = (onnx_path, None) if onnx_path else default_fp32_onnx()
+    announce_models(model_identity(source, origin))
     with console.status(f"converting {source} to FP16 and verifying ..."):
         result = fp16_conversion_from_onnx(
             source, output, recipe, images, parse_size(size) if size else None, count, max_abs, mad, threads, force

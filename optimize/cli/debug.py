@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from optimize.artifacts import derived_path, latest_fp32_onnx
-from optimize.cli.common import ThreadsOption, console
+from optimize.artifacts import default_fp32_onnx, derived_path
+from optimize.cli.common import ThreadsOption, announce_models, console
 from optimize.defaults import DEFAULT_BUDGET, DEFAULT_MAX_STEPS, DEFAULT_VERIFY_COUNT
 from optimize.errors import MoptError
 from optimize.recipe import Budget, RecipeStep, save_recipe
@@ -82,7 +82,10 @@ def precision(
         raise MoptError("choose one precision to debug: --fp16 or --int8")
     target = "fp16" if fp16 else "int8"
     parsed_budget = Budget.parse(budget)
-    source = onnx_path or latest_fp32_onnx()
+    from optimize.identity import model_identity
+
+    source, origin = (onnx_path, None) if onnx_path else default_fp32_onnx()
+    announce_models(model_identity(source, origin))
     output = output or derived_path(source, f"{target}.recipe", ".json")
     if output.suffix != ".json":
         raise MoptError(f"recipe path {output} must end in .json")

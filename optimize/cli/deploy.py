@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from optimize.cli.common import console
+from optimize.cli.common import announce_models, console
 from optimize.defaults import DEFAULT_MODEL_NAME, DEFAULT_QUEUE_DELAY_US, InstanceKind
 from optimize.identity import model_identity
 from optimize.triton_releases import triton_match
@@ -62,7 +62,7 @@ def triton(
     """
     from optimize.deploy import describe_config, instance_kind_name, read_model_config, triton_repository_from_model
 
-    console.print(f"model: {escape(model_identity(model).describe())}")
+    announce_models(model_identity(model))
     folder = triton_repository_from_model(
         model,
         output,

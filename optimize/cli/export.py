@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from optimize.cli.common import ArchOption, console
+from optimize.cli.common import ArchOption, announce_models, console
 from optimize.defaults import DEFAULT_OPSET
 
 app = typer.Typer()
@@ -25,7 +25,9 @@ def export(
 ) -> None:
     """Export CHECKPOINT to ONNX (tensor names and sizes from its model card) and check it in ONNX Runtime."""
     from optimize.export import onnx_from_checkpoint
+    from optimize.identity import model_identity
 
+    announce_models(model_identity(checkpoint, arch=arch))
     result = onnx_from_checkpoint(checkpoint, output, opset=opset, static_batch=static_batch, arch=arch)
     checks = ", ".join(f"{'x'.join(map(str, c['shape']))}: {c['max_abs']:.1e}" for c in result.checks)
     batch = "dynamic" if result.dynamic_batch else "static (1)"

@@ -72,6 +72,11 @@ def import_(
         "output_channels": output_channels,
     }
     changes = {k: v for k, v in changes.items() if v is not None}
+    if source.is_file():  # the file is untrusted and of unknown kind until imported: its path and hash only
+        from optimize.fileio import file_sha256
+        from optimize.identity import SHA_PREFIX
+
+        console.print(f"model: {source} (sha256 {file_sha256(source)[:SHA_PREFIX]}, to import)", highlight=False)
     result = import_model(source, out, arch, parse_arch_args(arch_args), changes)
     console.print(f"wrote {result.path}")
     console.print(f"card: {result.card.describe()}")

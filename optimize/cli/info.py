@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from optimize.cli.common import ArchOption, console
+from optimize.cli.common import ArchOption, announce_models, console
 from optimize.errors import MoptError
 from optimize.shapes import parse_size
 
@@ -33,12 +33,16 @@ def info(
         return
     height, width = parse_size(size)
     if checkpoint is not None:
+        from optimize.identity import checkpoint_identity
+
         loaded = load_checkpoint(checkpoint, arch=arch)
+        announce_models(checkpoint_identity(loaded))
         model, source = loaded.model, f"{checkpoint} (sha256 {loaded.sha256[:12]})"
         training = loaded.extra.get("train", {})
         card = loaded.card
     elif arch is not None:
         model, source, training = architectures.create_model(arch), "random initialisation", {}
+        console.print(f"model: {arch} (no file: the architecture with random weights)", highlight=False)
         card = None
     else:
         raise MoptError("give a CHECKPOINT or --arch NAME (see `mopt info --list`)")

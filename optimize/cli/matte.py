@@ -13,7 +13,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from optimize.cli.common import ArchOption, ThreadsOption, console
+from optimize.cli.common import ArchOption, ThreadsOption, announce_models, console
 from optimize.defaults import DEFAULT_MATTE_CHECKPOINT, DEFAULT_PNG_COMPRESSION
 from optimize.defaults import MATTE_DEFAULT_BATCH as DEFAULT_BATCH
 from optimize.errors import MoptError
@@ -44,28 +44,33 @@ DEFAULT_COMPRESSION = Compression(DEFAULT_PNG_COMPRESSION)
 
 def model_sources(
     engine: Path | None, onnx: Path | None, checkpoint: Path | None, arch: str | None, threads: int | None
-) -> ModelSources:
-    """The model files to choose a backend from: the ones given, else the bundled pretrained person model.
+) -> tuple[ModelSources, list[dict]]:
+    """The model files to choose a backend from (the ones given, else the bundled pretrained person model),
+    announced, and their identities for the report.
 
     The default never depends on what happens to lie in ``engines/``: a run without a model named always
     uses the same, named model.
     """
     from optimize.backends import ModelSources
+    from optimize.identity import model_identity
 
     for given in (engine, onnx, checkpoint):
         if given is not None and not given.is_file():
             raise MoptError(f"model file {given} does not exist; give the path of an existing model")
     if engine or onnx or checkpoint:
+        named = [path for path in (engine, onnx, checkpoint) if path is not None]
+        models = announce_models(*(model_identity(path, arch=arch) for path in named))
         return ModelSources(
             checkpoint=checkpoint, onnx=[onnx] if onnx else [], engine=engine, arch=arch, threads=threads
-        )
+        ), models
     if not DEFAULT_MATTE_CHECKPOINT.is_file():
         raise MoptError(
             f"no model given and the bundled {DEFAULT_MATTE_CHECKPOINT} is missing; pass --onnx, --engine or "
             "--checkpoint"
         )
-    console.print(f"model: {DEFAULT_MATTE_CHECKPOINT} (default: the bundled MediaPipe selfie segmentation model)")
-    return ModelSources(checkpoint=DEFAULT_MATTE_CHECKPOINT, arch=arch, threads=threads)
+    origin = "default: the bundled MediaPipe selfie segmentation model"
+    models = announce_models(model_identity(DEFAULT_MATTE_CHECKPOINT, origin, arch=arch))
+    return ModelSources(checkpoint=DEFAULT_MATTE_CHECKPOINT, arch=arch, threads=threads), models
 
 
 def fit_run_to_backend(choice, batch: int, max_side: int | None) -> tuple[int, int, int]:
@@ -215,14 +220,14 @@ def matte(
     if background is not None and output != OutputKind.composite:
         raise MoptError(f"--background only applies to --output composite (got --output {output.value})")
     color = parse_color(background) if background is not None else (255, 255, 255)
-    sources = model_sources(engine, onnx, checkpoint, arch, threads)
+    sources, models = model_sources(engine, onnx, checkpoint, arch, threads)
     if ray or ray_address is not None:
         from optimize.cli.matte_ray import matte_on_ray
 
         raise typer.Exit(matte_on_ray(
             inputs, outdir, sources, address=ray_address, require_gpu=require_gpu, output=output.value,
             background=color, batch=batch, workers=workers, max_side=max_side, overwrite=overwrite,
-            report_path=report_path, compression=compression.value,
+            report_path=report_path, compression=compression.value, models=models,
         ))  # fmt: skip
     if backend is not None:
         backend_spec(backend)  # an unknown name fails here, listing the known ones
@@ -252,6 +257,7 @@ def matte(
                 compression=compression.value,
                 report_path=report_path,
                 progress=show,
+                models=models,
             )
     print_summary(report, report_path)
     raise typer.Exit(1 if report.failed else 0)

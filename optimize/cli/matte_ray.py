@@ -26,6 +26,7 @@ def matte_on_ray(
     overwrite: bool,
     report_path: Path | None,
     compression: str,
+    models: list[dict] | None = None,
 ) -> int:
     """Start or join Ray, choose the backend on a worker, run, print the summary.
 
@@ -61,6 +62,7 @@ def matte_on_ray(
                 report_path=report_path,
                 progress=show,
                 plan=plan,
+                models=models or (),
             )
     print_summary(report, report_path)
     if report.retried_batches:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from optimize.cli.common import DEFAULT_CHECKPOINT_PATH, CheckpointOption, ThreadsOption, console
+from optimize.cli.common import DEFAULT_CHECKPOINT_PATH, CheckpointOption, ThreadsOption, announce_models, console
 from optimize.shapes import parse_ints, parse_size, parse_sizes
 
 if TYPE_CHECKING:  # optimize.pipeline imports every stage's library: only inside the command (fast `--help`)
@@ -45,8 +45,11 @@ def pipeline(
     ] = None,
 ) -> None:
     """Export, simplify, convert (FP16/INT8), build the TensorRT engine where possible, compare, bench, report."""
+    from optimize.identity import model_identity
     from optimize.pipeline import PipelineSettings, run_pipeline
 
+    origin = "default: the bundled checkpoint" if checkpoint == DEFAULT_CHECKPOINT_PATH else None
+    announce_models(model_identity(checkpoint, origin))
     settings = PipelineSettings(
         checkpoint=checkpoint,
         report_dir=report,

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from optimize.artifacts import latest_fp32_onnx
-from optimize.cli.common import ThreadsOption, console, progress
+from optimize.artifacts import default_fp32_onnx
+from optimize.cli.common import ThreadsOption, announce_models, console, progress
 from optimize.defaults import DEFAULT_CALIBRATION_LIMIT, DEFAULT_VERIFY_COUNT, INT8_MAD
 from optimize.errors import MoptError
 from optimize.shapes import parse_size
@@ -74,7 +74,10 @@ def quantize(
 
     if not int8:
         raise MoptError("choose the target precision: --int8 (for FP16 use `mopt convert-precision ONNX --fp16`)")
-    source = onnx_path or latest_fp32_onnx()
+    from optimize.identity import model_identity
+
+    source, origin = (onnx_path, None) if onnx_path else default_fp32_onnx()
+    announce_models(model_identity(source, origin))
     with progress() as bar:
         task = bar.add_task("calibrating", total=None)
         result = int8_quantization_from_onnx(

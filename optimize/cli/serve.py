@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from optimize.cli.common import ThreadsOption, console
+from optimize.cli.common import ThreadsOption, announce_models, console
 from optimize.defaults import (
     DEFAULT_HOST,
     DEFAULT_INSTANCES,
@@ -87,6 +87,7 @@ def serve(
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Triton's own log on the console.")] = False,
 ) -> None:
     """Serve the model with Triton Inference Server: dynamic batching, health/ready endpoints, HTTP and gRPC."""
+    from optimize.identity import model_identity
     from optimize.matte import probe_size_for
     from optimize.serve import (
         ServeOptions,
@@ -110,14 +111,22 @@ def serve(
         verbose=verbose,
     )
     check_ports_free(host, options.ports())  # before the model loads: a clash is reported at once
+    origin = None
     if onnx is None and engine is None:
         onnx = default_onnx_for_serving()
-        console.print(f"model: {onnx} (default: the bundled MediaPipe selfie segmentation model, exported)")
+        origin = "default: the bundled MediaPipe selfie segmentation model, exported"
+    identity = None
+    if (engine is None) != (onnx is None) and (given := engine or onnx).is_file():
+        identity = model_identity(given, origin)  # printed before the probe, which takes a while
+        announce_models(identity)
     model = served_model_from_files(
-        onnx=onnx, engine=engine, backend=backend, threads=threads, probe_size=probe_size_for(max_side)
+        onnx=onnx,
+        engine=engine,
+        backend=backend,
+        threads=threads,
+        probe_size=probe_size_for(max_side),
+        identity=identity,
     )
-    if model.identity is not None:
-        console.print(f"model: {escape(model.identity.describe())}")
     if model.choice.probe is not None:
         console.print(f"backend: {model.backend.name}, {model.choice.probe.describe()}")
     console.print(f"starting Triton Inference Server for {escape(str(model.source))} ...")

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from optimize.artifacts import latest_fp32_onnx
-from optimize.cli.common import console
+from optimize.artifacts import default_fp32_onnx
+from optimize.cli.common import announce_models, console
 
 app = typer.Typer()
 
@@ -24,9 +24,11 @@ def simplify(
     ] = None,
 ) -> None:
     """Simplify ONNX_PATH with onnxsim; print node counts and the op histogram before and after."""
+    from optimize.identity import model_identity
     from optimize.simplify import simplified_onnx_from_onnx
 
-    source = onnx_path or latest_fp32_onnx(simplified=False)
+    source, origin = (onnx_path, None) if onnx_path else default_fp32_onnx(simplified=False)
+    announce_models(model_identity(source, origin))
     result = simplified_onnx_from_onnx(source, output)
     table = Table(title=f"{source} -> {result.path}")
     table.add_column("op")

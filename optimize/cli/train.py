@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from optimize.defaults import DEFAULT_VALIDATION_COUNT
@@ -78,6 +79,13 @@ def train(
         max_scale=max_scale if max_scale != 1.0 else None, output=output,
     )
     console = Console(stderr=True)
+    if init is not None:
+        from optimize.identity import model_identity
+
+        identity = model_identity(init, origin="--init: training starts from it", arch=arch)
+        console.print(f"model: {escape(identity.describe())}", highlight=False)
+    else:
+        console.print(f"model: {arch or 'cvunet-mbv3-large'} (no file: trained from random initialisation)")
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), TimeRemainingColumn(),
