@@ -18,6 +18,11 @@ FP16 candidates are the float nodes AutoCast converts (the ones its own range ru
 INT8 candidates are the weighted nodes the quantizer puts Q/DQ on. Both reduced models are measured as the
 converters measure them: FP16 on ONNX Runtime and on the FP16 emulation (the worse counts), INT8 on ONNX
 Runtime's CPU provider with the calibration ranges computed once.
+
+``runtime="openvino"`` measures on OpenVINO instead, because its kernels round differently: INT8 runs the same
+Q/DQ model through OpenVINO's CPU plugin; FP16 compiles the FP32 model with OpenVINO's reduced inference
+precision (f16 where the CPU has it, else bf16) and keeps the candidate nodes in FP32 through the plugin's
+per-node precision attribute (every float node is a candidate: no AutoCast is involved).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from optimize.errors import MoptError
 from optimize.fileio import file_sha256
 from optimize.onnx_model import load_onnx, require_fp32_source, run_onnx
 from optimize.precision import float_output_nodes, fp16_checks, fp16_model_from_onnx, fp32_nodes_of
-from optimize.recipe import STEP_NAME_LIMIT, Budget, PrecisionRecipe, RecipeStep
+from optimize.recipe import RUNTIMES, STEP_NAME_LIMIT, Budget, PrecisionRecipe, RecipeStep
 from optimize.verification import DEFAULT_VERIFY_COUNT, accuracy_check, verification_inputs, worst_metrics
 
 DEFAULT_INT8_SYNTHETIC = 16
@@ -107,6 +112,55 @@ class Int8Evaluator(PrecisionEvaluator):
         model = qdq_model_from_ranges(self.onnx_path, self.ranges, kept)
         output = run_onnx(model, self.inputs, threads=self.threads, label="INT8 model")
         return accuracy_check(self.reference, output, "onnxruntime-cpu").metrics()
+
+
+class OpenVinoInt8Evaluator(Int8Evaluator):
+    """The same INT8 Q/DQ models as :class:`Int8Evaluator`, measured on OpenVINO's CPU plugin."""
+
+    def measure(self, kept: Sequence[str]) -> dict[str, float]:
+        from optimize.backends.openvino import run_openvino
+        from optimize.quantize import qdq_model_from_ranges
+
+        model = qdq_model_from_ranges(self.onnx_path, self.ranges, kept)
+        output = run_openvino(model, self.inputs, threads=self.threads)
+        return accuracy_check(self.reference, output, "openvino-cpu").metrics()
+
+
+class OpenVinoFp16Evaluator(PrecisionEvaluator):
+    """The FP32 model compiled by OpenVINO at its reduced inference precision, ``kept`` nodes left in FP32.
+
+    Args:
+        inference_precision: ``fp16`` or ``bf16``; the one this CPU has (preferring f16) when None.
+    """
+
+    precision = "fp16"
+
+    def __init__(
+        self,
+        onnx_path: Path,
+        inputs: np.ndarray,
+        reference: np.ndarray,
+        threads: int | None = None,
+        inference_precision: str | None = None,
+    ) -> None:
+        from optimize.backends.openvino import reduced_inference_precision
+
+        self.onnx_path, self.inputs, self.reference, self.threads = onnx_path, inputs, reference, threads
+        self.inference_precision = inference_precision or reduced_inference_precision()
+        self.candidates = float_output_nodes(load_onnx(onnx_path))
+        self.always_fp32 = []
+
+    def measure(self, kept: Sequence[str]) -> dict[str, float]:
+        from optimize.backends.openvino import run_openvino
+
+        output = run_openvino(
+            self.onnx_path,
+            self.inputs,
+            threads=self.threads,
+            inference_precision=self.inference_precision,
+            keep_fp32=kept,
+        )
+        return accuracy_check(self.reference, output, f"openvino-cpu-{self.inference_precision}").metrics()
 
 
 class _OutOfSteps(Exception):
@@ -229,6 +283,7 @@ def precision_recipe_from_onnx(
     max_steps: int = DEFAULT_MAX_STEPS,
     threads: int | None = None,
     on_step: Callable[[RecipeStep], None] | None = None,
+    runtime: str = "onnxruntime",
 ) -> PrecisionRecipe:
     """Measure which nodes of an FP32 ONNX must stay FP32 for its FP16 or INT8 version to meet ``budget``.
 
@@ -245,21 +300,38 @@ def precision_recipe_from_onnx(
         calib_cache: INT8 calibration cache (shared with ``mopt quantize``).
         calib_size: INT8 calibration ``(height, width)``; the measurement size when None.
         max_steps: measurement limit; the recipe is marked not minimal if the search needs more.
-        threads: ONNX Runtime CPU threads.
+        threads: CPU threads of the runtime.
         on_step: called after each measurement (the CLI prints it).
+        runtime: what measures the reduced models: ``onnxruntime`` (the converters' own checks) or ``openvino``
+            (its CPU plugin; FP16 means its f16/bf16 inference precision, whichever this CPU has).
 
     Raises:
-        MoptError: bad model, precision, budget or inputs, or a budget not even FP32 meets.
+        MoptError: bad model, precision, budget, runtime or inputs, a runtime that cannot run here, or a budget
+            not even FP32 meets.
     """
     onnx_path = Path(onnx_path)
     if precision not in ("fp16", "int8"):
         raise MoptError(f"precision {precision!r} is not one a recipe can be made for; choose fp16 or int8")
+    if runtime not in RUNTIMES:
+        raise MoptError(f"unknown runtime {runtime!r} for a precision recipe; choose from {', '.join(RUNTIMES)}")
+    inference_precision = None
+    if runtime == "openvino":
+        from optimize.backends.openvino import openvino_unavailable_reason, reduced_inference_precision
+
+        reason = openvino_unavailable_reason()
+        if reason:
+            raise MoptError(f"--runtime openvino needs OpenVINO: {reason}")
+        # Checked before any measurement: a CPU without f16/bf16 is refused at once.
+        inference_precision = reduced_inference_precision() if precision == "fp16" else None
     budget = Budget.parse(budget) if isinstance(budget, str) else budget
     require_fp32_source(load_onnx(onnx_path), onnx_path)
     inputs, description = verification_inputs(onnx_path, images, size, count)
     reference = run_onnx(onnx_path, inputs, threads=threads, label="FP32 model")
     evaluator: PrecisionEvaluator
-    if precision == "fp16":
+    if precision == "fp16" and runtime == "openvino":
+        evaluator = OpenVinoFp16Evaluator(onnx_path, inputs, reference, threads, inference_precision)
+        description = {**description, "inference_precision": inference_precision}
+    elif precision == "fp16":
         evaluator = Fp16Evaluator(onnx_path, inputs, reference, threads)
     else:
         from optimize.quantize import (
@@ -279,7 +351,8 @@ def precision_recipe_from_onnx(
             )
         cache = Path(calib_cache) if calib_cache else derived_path(onnx_path, "int8.calib", ".json")
         ranges, _ = calibration_ranges_cached(onnx_path, calibration, method, cache)
-        evaluator = Int8Evaluator(onnx_path, inputs, reference, ranges, threads)
+        evaluator_class = OpenVinoInt8Evaluator if runtime == "openvino" else Int8Evaluator
+        evaluator = evaluator_class(onnx_path, inputs, reference, ranges, threads)
         description = {**description, "calibration": {"method": method, **calibration.description}}
     if any(not name for name in evaluator.candidates) or len(set(evaluator.candidates)) != len(evaluator.candidates):
         # A recipe names nodes; unnamed or duplicate names could not be written down or applied.
@@ -287,6 +360,7 @@ def precision_recipe_from_onnx(
     kept, minimal, steps, measured = minimal_fp32_set(evaluator, budget, max_steps, on_step)
     return PrecisionRecipe(
         precision=precision,
+        runtime=runtime,
         budget=budget,
         nodes_to_keep_fp32=kept,
         measured=measured[frozenset(kept)],

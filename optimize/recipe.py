@@ -4,6 +4,7 @@
 ``mopt build-engine`` read it with ``--recipe``. The file is plain JSON::
 
     {"format": "mopt-precision-recipe", "version": 1, "precision": "fp16" | "int8",
+     "runtime": "onnxruntime" | "openvino",
      "budget": {"mad": 0.004}, "nodes_to_keep_fp32": [node names], "op_types_to_keep_fp32": [op types],
      "measured": {"mad": ..., "max_abs": ..., "mse": ...}, "baseline": {...},
      "steps": [{"step": 1, "action": "...", "description": "...", "kept_count": 3, "kept": [...],
@@ -12,6 +13,10 @@
      "mopt_version": "..."}
 
 Node names are those of the FP32 source ONNX; a recipe applied to another model is checked name by name.
+``runtime`` says what measured the reduced models (ONNX Runtime's kernels or OpenVINO's: they round
+differently, so a set of FP32 nodes that suffices on one may not on the other); a recipe without it was made
+before the field existed, on ONNX Runtime. For ``openvino`` an ``fp16`` recipe means OpenVINO's reduced inference
+precision (f16, or bf16 where the CPU has no f16: ``inputs.inference_precision`` says which).
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from optimize.fileio import write_json
 RECIPE_FORMAT = "mopt-precision-recipe"
 RECIPE_VERSION = 1
 PRECISIONS = ("fp16", "int8")
+# What a recipe's measurements ran on; recipes written before the field existed were measured on ONNX Runtime.
+RUNTIMES = ("onnxruntime", "openvino")
+DEFAULT_RUNTIME = "onnxruntime"
 # Metrics a budget may bound: all three are cheap, per-pixel and defined for any pair of mattes.
 BUDGET_METRICS = ("mad", "max_abs", "mse")
 # A step lists the kept nodes by name up to this many; larger sets (a bisection prefix, described by its last node)
@@ -119,6 +127,7 @@ class PrecisionRecipe:
 
     Attributes:
         precision: ``"fp16"`` or ``"int8"``.
+        runtime: what the reduced models were measured on: ``"onnxruntime"`` or ``"openvino"``.
         budget: the matte budget the recipe was measured against.
         nodes_to_keep_fp32: node names of the source ONNX to leave in FP32 (not converted / not quantized).
         op_types_to_keep_fp32: op types to leave in FP32 everywhere.
@@ -143,16 +152,20 @@ class PrecisionRecipe:
     inputs: dict[str, Any] = field(default_factory=dict)
     minimal: bool = True
     mopt_version: str = __version__
+    runtime: str = DEFAULT_RUNTIME
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise MoptError(f"recipe precision {self.precision!r} is unknown; choose from {', '.join(PRECISIONS)}")
+        if self.runtime not in RUNTIMES:
+            raise MoptError(f"recipe runtime {self.runtime!r} is unknown; choose from {', '.join(RUNTIMES)}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": RECIPE_FORMAT,
             "version": RECIPE_VERSION,
             "precision": self.precision,
+            "runtime": self.runtime,
             "budget": dict(self.budget.limits),
             "nodes_to_keep_fp32": list(self.nodes_to_keep_fp32),
             "op_types_to_keep_fp32": list(self.op_types_to_keep_fp32),
@@ -205,6 +218,7 @@ class PrecisionRecipe:
             ) from exc
         return cls(
             precision=str(data.get("precision")),
+            runtime=str(data.get("runtime", DEFAULT_RUNTIME)),
             budget=Budget({str(k): v for k, v in budget.items()}),
             nodes_to_keep_fp32=_string_list(data.get("nodes_to_keep_fp32", []), f"{origin}: 'nodes_to_keep_fp32'"),
             op_types_to_keep_fp32=_string_list(

@@ -280,3 +280,21 @@ def test_unnamed_nodes_cannot_be_written_into_a_recipe(tmp_path: Path) -> None:
         precision_recipe_from_onnx(
             tmp_path / "unnamed.onnx", "int8", synthetic=2, calib_cache=tmp_path / "c.json", **SMALL
         )
+
+
+def test_debug_cli_refuses_an_unknown_runtime_in_one_line(int8_fragile: Path, tmp_path: Path) -> None:
+    from optimize.cli import debug
+
+    out = tmp_path / "r.json"
+    args = ["precision", str(int8_fragile), "--int8", "--runtime", "tvm", "-o", str(out)]
+    result = CliRunner().invoke(debug.app, args)
+    assert result.exit_code != 0 and isinstance(result.exception, MoptError)
+    message = str(result.exception)
+    assert "unknown --runtime 'tvm'" in message and "onnxruntime, openvino" in message and "\n" not in message
+    assert not out.exists()
+    with pytest.raises(MoptError, match="unknown runtime 'tvm'"):
+        precision_recipe_from_onnx(int8_fragile, "int8", runtime="tvm", **SMALL)
+
+
+def test_default_runtime_is_onnxruntime(int8_recipe: Path) -> None:
+    assert load_recipe(int8_recipe).runtime == "onnxruntime"

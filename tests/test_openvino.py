@@ -87,3 +87,106 @@ def test_bad_options_and_files_are_user_errors(tiny_simplified_onnx, tmp_path):
     junk.write_bytes(b"not a model")
     with pytest.raises(MoptError, match="OpenVINO cannot read"):
         OpenVinoBackend(junk)
+
+
+# --- mopt debug precision --runtime openvino --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fragile_models(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from test_debug_precision import fp16_fragile_model, int8_fragile_model
+
+    folder = tmp_path_factory.mktemp("ov-fragile")
+    return {"fp16": fp16_fragile_model(folder / "fp16.onnx"), "int8": int8_fragile_model(folder / "int8.onnx")}
+
+
+def _inputs() -> np.ndarray:
+    return np.random.default_rng(3).standard_normal((3, 3, 32, 48)).astype(np.float32)
+
+
+def test_openvino_int8_evaluator_measures_what_onnxruntime_measures_with_nothing_reduced(fragile_models, tmp_path):
+    from optimize.backends.openvino import run_openvino
+    from optimize.debug_precision import Int8Evaluator, OpenVinoInt8Evaluator
+    from optimize.onnx_model import run_onnx
+    from optimize.quantize import calibration_ranges_cached, calibration_set_from_synthetic
+
+    path, x = fragile_models["int8"], _inputs()
+    reference = run_onnx(path, x, threads=1)
+    # The FP32 model itself: OpenVINO computes what ONNX Runtime computes.
+    assert np.abs(run_openvino(path, x, threads=1) - reference).max() <= PRECISION_TOLERANCES["fp32"].atol
+    calibration = calibration_set_from_synthetic(2, path, (32, 48))
+    ranges, _ = calibration_ranges_cached(path, calibration, "minmax", tmp_path / "calib.json")
+    ort = Int8Evaluator(path, x, reference, ranges, threads=1)
+    ov = OpenVinoInt8Evaluator(path, x, reference, ranges, threads=1)
+    assert ov.candidates == ort.candidates
+    everything_fp32 = [ort.measure(ort.candidates), ov.measure(ov.candidates)]
+    for metrics in everything_fp32:
+        assert metrics["max_abs"] <= 1e-5 and metrics["mad"] <= 1e-6
+    # Quantized, the fragile node ruins the matte on both runtimes: OpenVINO really ran the Q/DQ model.
+    assert ov.measure([])["mad"] > 0.01 and ort.measure([])["mad"] > 0.01
+
+
+def test_openvino_int8_recipe_records_its_runtime(fragile_models, tmp_path):
+    from test_debug_precision import INT8_FRAGILE
+
+    from optimize.debug_precision import precision_recipe_from_onnx
+    from optimize.recipe import load_recipe, save_recipe
+
+    recipe = precision_recipe_from_onnx(
+        fragile_models["int8"],
+        "int8",
+        "mad=0.004",
+        size=(32, 48),
+        count=2,
+        synthetic=2,
+        method="minmax",
+        calib_cache=tmp_path / "calib.json",
+        threads=1,
+        runtime="openvino",
+    )
+    assert recipe.runtime == "openvino" and recipe.nodes_to_keep_fp32 == [INT8_FRAGILE]
+    assert load_recipe(save_recipe(recipe, tmp_path / "r.json")).runtime == "openvino"
+
+
+def test_keep_fp32_leaves_the_named_node_in_fp32_under_a_reduced_hint(fragile_models):
+    from test_debug_precision import FP16_FRAGILE
+
+    from optimize.backends.openvino import reduced_inference_precision, run_openvino
+    from optimize.onnx_model import run_onnx
+
+    if not ({"FP16", "BF16"} & set(cpu_capabilities())):
+        pytest.skip("this CPU has neither FP16 nor BF16 in OpenVINO")
+    path, x = fragile_models["fp16"], _inputs()
+    hint = reduced_inference_precision()
+    reference = run_onnx(path, x, threads=1)
+    # `cancel` subtracts two numbers that f16/bf16 round to the same value: reduced, the matte is a flat 0.5.
+    reduced = run_openvino(path, x, threads=1, inference_precision=hint)
+    kept = run_openvino(path, x, threads=1, inference_precision=hint, keep_fp32=[FP16_FRAGILE])
+    assert np.abs(reduced - reference).mean() > 0.05
+    assert np.abs(kept - reference).mean() <= 4e-3
+    with pytest.raises(MoptError, match="no operations of node.*nowhere"):
+        run_openvino(path, x, threads=1, inference_precision=hint, keep_fp32=["nowhere"])
+
+
+def test_openvino_fp16_debugger_finds_the_fragile_node(fragile_models):
+    from test_debug_precision import FP16_FRAGILE
+
+    from optimize.debug_precision import precision_recipe_from_onnx
+
+    if not ({"FP16", "BF16"} & set(cpu_capabilities())):
+        pytest.skip("this CPU has neither FP16 nor BF16 in OpenVINO")
+    recipe = precision_recipe_from_onnx(
+        fragile_models["fp16"], "fp16", "mad=0.004", size=(32, 48), count=2, threads=1, runtime="openvino"
+    )
+    assert recipe.nodes_to_keep_fp32 == [FP16_FRAGILE] and recipe.minimal and recipe.runtime == "openvino"
+    assert recipe.inputs["inference_precision"] in ("fp16", "bf16") and recipe.baseline["mad"] > 0.05
+
+
+def test_openvino_fp16_is_refused_in_one_line_on_a_cpu_without_it(fragile_models, monkeypatch):
+    from optimize.backends import openvino as ov_mod
+    from optimize.debug_precision import precision_recipe_from_onnx
+
+    monkeypatch.setattr(ov_mod, "cpu_capabilities", lambda: ["FP32", "INT8"])
+    with pytest.raises(MoptError, match="cannot compute in FP16 or BF16.*--runtime onnxruntime") as info:
+        precision_recipe_from_onnx(fragile_models["fp16"], "fp16", size=(32, 48), count=2, runtime="openvino")
+    assert "\n" not in str(info.value)

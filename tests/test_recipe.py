@@ -52,6 +52,17 @@ def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
     assert math.isnan(loaded.baseline["mad"])
     assert [s.action for s in loaded.steps] == ["baseline", "bound"] and loaded.steps[1].kept == ["a", "b", "c"]
     assert loaded.source_onnx_sha256 == "ab" * 32 and loaded.minimal
+    assert data["runtime"] == "onnxruntime" and loaded.runtime == "onnxruntime"
+
+
+def test_runtime_round_trips_and_old_recipes_read_as_onnxruntime(tmp_path: Path) -> None:
+    path = save_recipe(_recipe(runtime="openvino"), tmp_path / "ov.json")
+    assert json.loads(path.read_text())["runtime"] == "openvino"
+    assert load_recipe(path).runtime == "openvino"
+    # A recipe written before the field existed was measured on ONNX Runtime.
+    data = _recipe().to_dict()
+    del data["runtime"]
+    assert load_recipe(_write(tmp_path, data)).runtime == "onnxruntime"
 
 
 def test_budget_parsing() -> None:
@@ -92,6 +103,7 @@ def _write(tmp_path: Path, data: object) -> Path:
         (lambda d: d.update(format="something"), "not a mopt precision recipe"),
         (lambda d: d.update(version=99), "version 99"),
         (lambda d: d.update(precision="int4"), "precision 'int4' is unknown"),
+        (lambda d: d.update(runtime="tensorrt"), "runtime 'tensorrt' is unknown.*onnxruntime, openvino"),
         (lambda d: d.update(budget=0.004), "'budget' must be an object"),
         (lambda d: d.update(budget={"mad": "x"}), "must be a positive number"),
         (lambda d: d.update(nodes_to_keep_fp32="a,b"), "list of non-empty strings"),

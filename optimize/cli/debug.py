@@ -13,7 +13,7 @@ from optimize.artifacts import default_fp32_onnx, derived_path
 from optimize.cli.common import ThreadsOption, announce_models, console
 from optimize.defaults import DEFAULT_BUDGET, DEFAULT_MAX_STEPS, DEFAULT_VERIFY_COUNT
 from optimize.errors import MoptError
-from optimize.recipe import Budget, RecipeStep, save_recipe
+from optimize.recipe import DEFAULT_RUNTIME, RUNTIMES, Budget, RecipeStep, save_recipe
 from optimize.shapes import parse_size
 
 GROUP = "debug"
@@ -74,6 +74,13 @@ def precision(
     ] = None,
     max_steps: Annotated[int, typer.Option("--max-steps", min=2, help="Measurement limit.")] = DEFAULT_MAX_STEPS,
     threads: ThreadsOption = None,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            "--runtime",
+            help="Measure on onnxruntime or openvino (FP16: OpenVINO's f16/bf16 inference precision).",
+        ),
+    ] = DEFAULT_RUNTIME,
 ) -> None:
     """Bisect over the nodes of ONNX_PATH for the smallest set to keep in FP32; write it as a recipe."""
     from optimize.debug_precision import precision_recipe_from_onnx
@@ -81,6 +88,9 @@ def precision(
     if fp16 == int8:
         raise MoptError("choose one precision to debug: --fp16 or --int8")
     target = "fp16" if fp16 else "int8"
+    # A plain string checked here (not a Typer choice) so that a wrong runtime is one `mopt: error:` line.
+    if runtime not in RUNTIMES:
+        raise MoptError(f"unknown --runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
     parsed_budget = Budget.parse(budget)
     from optimize.identity import model_identity
 
@@ -106,6 +116,7 @@ def precision(
         max_steps=max_steps,
         threads=threads,
         on_step=print_step,
+        runtime=runtime,
     )
     save_recipe(recipe, output)
     kept = recipe.nodes_to_keep_fp32
