@@ -38,6 +38,9 @@ def bench_serve(
     """Load a running `mopt serve` with 1, 4, 16... clients (one image per request, back to back)."""
     from optimize.serve import encoded_images_from_folder, load_report, serve_load_from_url, synthetic_encoded_images
 
+    # The file behind the model is the server's: `mopt serve` printed its path and sha256 when it started.
+    console.print(f"model: {model!r} as served at {url} (`mopt serve` named its file and sha256 at start-up)",
+                  highlight=False)
     levels = parse_ints(concurrency, "--concurrency")
     if images is not None:
         payloads = encoded_images_from_folder(images, limit=count)
