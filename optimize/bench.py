@@ -19,11 +19,11 @@ from optimize import __version__
 from optimize.backends import InferenceBackend, ModelSources, backend_spec, started_backends
 from optimize.errors import MoptError
 
-# The 99th percentile of n runs is interpolated between the slowest two once n < 100: it is the maximum under
-# another name, so it is shown (and trusted) only from this many timed runs on.
+# The 99th percentile of n < 100 runs is interpolated between the slowest two (20 runs: 81 % of the way to the
+# slowest): the slowest run under another name. It is shown (and trusted) only from this many timed runs on.
 P99_MIN_RUNS = 100
 # A measurement's runs all do the same work on the same input, so on a quiet machine they stay within a few per
-# cent of each other (ONNX Runtime on cvunet 512x512, 2 threads, idle: 143-155 ms, max/min 1.08). A slowest run
+# cent of each other (ONNX Runtime, cvunet 512x512, 2 threads, idle machine: 143-155 ms over runs, 1.08x). A slowest run
 # 1.5x the fastest means something else held the CPU/GPU for a third of a run at least; a p90 25 % over the median
 # means that happened in a tenth of the runs or more, enough to move p50 and every ratio taken from it.
 SPREAD_MAX_OVER_MIN = 1.5
@@ -81,6 +81,7 @@ class BenchReport:
 
 
 def measurement_label(name: str, batch: int, height: int, width: int) -> str:
+    """How progress lines and warnings name one measurement."""
     return f"{name} batch {batch} {height}x{width}"
 
 
