@@ -103,14 +103,15 @@ def _needs(value: object, what: str) -> None:
 def run_pipeline(
     settings: PipelineSettings,
     on_stage: Callable[[Stage], None] | None = None,
-    on_step: Callable[[str], None] | None = None,
+    on_step: Callable[[str, int, int], None] | None = None,
 ) -> PipelineState:
     """Run every stage and write the report folder; returns the state with each stage's outcome.
 
     Args:
         settings: what to run on and where to write.
         on_stage: called when a stage starts (status ``pending``) and when it ends.
-        on_step: called with a label before each measurement of the bench stage (progress display).
+        on_step: called before each measurement of the bench stage with its label, the measurements done and
+            the number planned (progress display).
     """
     from optimize.checkpoint import load_checkpoint
     from optimize.export import onnx_from_checkpoint

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from optimize.bench import P99_MIN_RUNS, p99_is_valid
 from optimize.errors import MoptError
 from optimize.fileio import atomic_output, write_text
 from optimize.metrics import ALPHA_STEP
@@ -115,8 +116,15 @@ def _validate_bench(bench: Any) -> None:
         "peak_mem_mb": ("number", True),
         "cost_per_1k_images_usd": ("number", True),
     }
+    # The spread and the number of runs came later than the first bench JSON: absent is fine, wrong is not.
+    optional = {"min_ms": ("timing", True), "max_ms": ("timing", True), "iterations": ("int", True)}
     for i, result in enumerate(results):
         _require(result, f"bench.results[{i}]", spec)
+        if isinstance(result, Mapping):
+            _require({key: None for key in optional} | dict(result), f"bench.results[{i}]", optional)
+    warnings = bench.get("warnings", [])
+    if not isinstance(warnings, Sequence) or isinstance(warnings, str) or not all(isinstance(w, str) for w in warnings):
+        raise MoptError("bench.warnings must be a list of strings")
 
 
 def _validate_summary(summary: Any) -> None:
@@ -275,8 +283,9 @@ def _bench_section(bench: Mapping[str, Any] | None, chart: bool) -> list[str]:
     lines = ["## Speed (bench)", ""]
     if bench is None or not bench["results"]:
         return [*lines, "Not run: see the bench stage above.", ""]
-    header = ["backend", "precision", "device", "batch", "size", "p50 ms", "p90 ms", "p99 ms", "images/s"]
-    header += ["peak MB", "$ / 1k images", "compile s", "speed-up vs eager (p50)", "throughput × vs eager"]
+    header = ["backend", "precision", "device", "batch", "size", "runs", "min ms", "p50 ms", "p90 ms", "p99 ms"]
+    header += ["max ms", "images/s", "peak MB", "$ / 1k images", "compile s", "speed-up vs eager (p50)"]
+    header += ["throughput × vs eager"]
     rows = []
     references = set()
     for r, ratio in _sorted_results(bench["results"]):
@@ -284,12 +293,23 @@ def _bench_section(bench: Mapping[str, Any] | None, chart: bool) -> list[str]:
             references.add(ratio["reference"])
         speedup = "—" if ratio["speedup_p50"] is None else f"{ratio['speedup_p50']:.2f}×"
         throughput = "—" if ratio["throughput_ratio"] is None else f"{ratio['throughput_ratio']:.2f}×"
+        runs = r.get("iterations")
+        # A p99 of fewer runs is the slowest run: not shown (a result without its count keeps its p99).
+        p99 = "—" if runs is not None and not p99_is_valid(runs) else _num(r["p99_ms"], ".2f")
         row = [_cell(r["backend"]), _cell(r["precision"]), _cell(r["device"]), str(r["batch"])]
-        row += [f"{r['height']}x{r['width']}", _num(r["p50_ms"], ".2f"), _num(r["p90_ms"], ".2f")]
-        row += [_num(r["p99_ms"], ".2f"), _num(r["images_per_s"], ".1f"), _num(r["peak_mem_mb"], ".0f")]
-        row += [_num(r["cost_per_1k_images_usd"], ".4f"), _num(r.get("compile_s"), ".1f"), speedup, throughput]
+        row += [f"{r['height']}x{r['width']}", _num(runs, "d"), _num(r.get("min_ms"), ".2f"), _num(r["p50_ms"], ".2f")]
+        row += [_num(r["p90_ms"], ".2f"), p99, _num(r.get("max_ms"), ".2f"), _num(r["images_per_s"], ".1f")]
+        row += [_num(r["peak_mem_mb"], ".0f"), _num(r["cost_per_1k_images_usd"], ".4f")]
+        row += [_num(r.get("compile_s"), ".1f"), speedup, throughput]
         rows.append(row)
     lines += _table(header, rows)
+    lines += [
+        "",
+        "min / p50 / max are the fastest, median and slowest of the timed runs (runs); p99 is shown from "
+        f"{P99_MIN_RUNS} runs on.",
+    ]
+    if bench.get("warnings"):
+        lines += ["", "Warnings:", "", *(f"- {_cell(warning)}" for warning in bench["warnings"])]
     if references:
         names = ", ".join(f"`{_cell(name)}`" for name in sorted(references))
         lines += [

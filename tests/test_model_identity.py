@@ -52,7 +52,7 @@ def two_models(in_tmp: Path, tiny_checkpoint: Path) -> dict[str, Path]:
     onnx_from_checkpoint(other, engines / "other.onnx")
     older = os.stat(engines / "mine.onnx").st_mtime - 10
     os.utime(engines / "mine.onnx", (older, older))  # whatever the clock's resolution: other.onnx is the newest
-    return {"mine": mine, "other": Path(other), "mine_onnx": engines / "mine.onnx", "other_onnx": engines / "other.onnx"}
+    return {"mine": mine, "other": other, "mine_onnx": engines / "mine.onnx", "other_onnx": engines / "other.onnx"}
 
 
 def test_identity_names_path_hash_arch_precision(tiny_checkpoint: Path, tiny_onnx: Path):

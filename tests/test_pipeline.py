@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -40,8 +41,12 @@ def _settings(checkpoint, tmp_path):
 
 @pytest.mark.slow
 def test_pipeline_runs_every_stage_and_writes_the_report(tiny_checkpoint, tmp_path):
-    seen = []
-    state = run_pipeline(_settings(tiny_checkpoint, tmp_path), on_stage=lambda s: seen.append((s.name, s.status)))
+    seen, steps = [], []
+    state = run_pipeline(
+        _settings(tiny_checkpoint, tmp_path),
+        on_stage=lambda s: seen.append((s.name, s.status)),
+        on_step=lambda label, done, total: steps.append((label, done, total)),
+    )
     stages = {s.name: s for s in state.stages}
     assert list(stages) == ["checkpoint", "export", "simplify", "fp16", "int8", "tensorrt-engine", "compare", "bench"]
     assert ("export", "pending") in seen and ("export", "ok") in seen
@@ -62,6 +67,11 @@ def test_pipeline_runs_every_stage_and_writes_the_report(tiny_checkpoint, tmp_pa
     assert any(c["precision"] == "fp32" for c in compare["candidates"])
     summary = (report / "summary.md").read_text()
     assert "tensorrt-engine" in summary and "torch" in summary
+    # The bench stage's progress counts every measurement against the plan, torch's first.
+    bench = json.loads((report / "bench.json").read_text())
+    assert steps[0] == ("torch-cpu-fp32 batch 1 32x32", 0, len(steps))
+    assert [done for _, done, _ in steps] == list(range(len(steps))) and steps[-1][2] == len(steps)
+    assert len(steps) == len(bench["results"]) + sum("batch" in s for s in bench["skipped"])
 
 
 def test_failed_stage_is_recorded_and_dependents_skip(tiny_checkpoint, tmp_path, monkeypatch):
@@ -176,6 +186,8 @@ def test_the_pipeline_command_exits_0_when_every_model_is_within_tolerance(tiny_
                                            str(tmp_path / "report"), *FAST])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "pipeline passed" in result.output
+    # Off a terminal, each bench measurement is a plain line with the count done and planned.
+    assert re.search(r"^\[1/\d+\] torch-cpu-fp32 batch 1 32x32$", result.output, re.M), result.output
     compare = json.loads((tmp_path / "report" / "compare.json").read_text())
     precisions = {c["precision"] for c in compare["candidates"]}
     # bf16: OpenVINO's on CPUs with BF16 kernels only.

@@ -220,6 +220,25 @@ def test_chart_without_results_still_renders(tmp_path: Path, stages) -> None:
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
 
 
+def test_bench_table_shows_the_spread_and_a_p99_only_from_enough_runs(bench) -> None:
+    bench["results"][1].update(iterations=20, min_ms=18.5, max_ms=31.25)  # onnxruntime batch 1 256x256
+    bench["results"][2].update(iterations=100, min_ms=0.45, max_ms=0.61)  # tensorrt batch 1 256x256
+    bench["warnings"] = ["p99 needs >= 100 timed runs (--iterations); with 20 per measurement it ..."]
+    markdown = markdown_report({"stages": [], "bench": bench})
+    lines = markdown.splitlines()
+    header = next(line for line in lines if line.startswith("| backend | precision | device |"))
+    assert "| runs | min ms | p50 ms | p90 ms | p99 ms | max ms |" in header
+    ort = next(line for line in lines if line.startswith("| onnxruntime |") and "| 1 | 256x256 |" in line)
+    assert "| 20 | 18.50 | 20.00 | 24.00 | — | 31.25 |" in ort  # 20 runs: no p99
+    trt = next(line for line in lines if line.startswith("| tensorrt |") and "| 1 | 256x256 |" in line)
+    assert "| 100 | 0.45 | 0.50 | 0.60 | 0.75 | 0.61 |" in trt
+    # A result from a bench JSON without the spread keeps its p99 and shows the missing values as such.
+    torch = next(line for line in lines if line.startswith("| torch |") and "| 1 | 256x256 |" in line)
+    assert "| — | — | 40.00 | 48.00 | 60.00 | — |" in torch
+    assert "Warnings:\n\n- p99 needs >= 100 timed runs (--iterations)" in markdown
+    assert "p99 is shown from 100 runs on" in markdown
+
+
 def _break(data: Any, path: list[Any], value: Any) -> Any:
     """A deep copy of ``data`` with the item at ``path`` replaced by ``value`` (or deleted)."""
     broken = copy.deepcopy(data)
@@ -247,6 +266,9 @@ _DELETE = object()
         ("bench", ["results", 3, "p50_ms"], -1.0, r"bench\.results\[3\]\.p50_ms"),
         ("bench", ["results", 0, "batch"], True, r"bench\.results\[0\]\.batch"),
         ("bench", ["results"], "none", r"bench\.results must be a list"),
+        ("bench", ["results", 1, "iterations"], 0, r"bench\.results\[1\]\.iterations"),
+        ("bench", ["results", 1, "max_ms"], "slow", r"bench\.results\[1\]\.max_ms"),
+        ("bench", ["warnings"], "busy", r"bench\.warnings must be a list of strings"),
     ],
 )
 def test_invalid_input_raises_and_writes_nothing(

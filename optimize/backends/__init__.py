@@ -37,6 +37,7 @@ from optimize.backends.base import (
     backend_spec,
     onnx_precision,
     register_backend,
+    started_backends,
 )
 from optimize.backends.onnxruntime import OnnxRuntimeBackend, OnnxRuntimeCudaBackend
 from optimize.backends.openvino import OpenVinoBackend
@@ -62,6 +63,7 @@ __all__ = [
     "backend_spec",
     "onnx_precision",
     "register_backend",
+    "started_backends",
 ]
 
 # Registration order is the order commands list and try them in: CPU reference first, then the CPU runtimes,

@@ -165,6 +165,13 @@ class BackendSpec:
     # False for baselines that only run when named (torch.compile takes minutes per shape): commands that go
     # through every backend by default (`mopt compare`) leave them out.
     default: bool = True
+    # How many backends ``create`` makes from the sources (None: one), known without making any: `mopt bench`
+    # plans its measurements (and shows done / planned) before the first model is loaded.
+    count: Callable[[ModelSources], int] | None = None
+
+    def planned(self, sources: ModelSources) -> int:
+        """How many backends :attr:`create` will make from ``sources`` if each starts."""
+        return 1 if self.count is None else self.count(sources)
 
 
 _BACKENDS: dict[str, BackendSpec] = {}
@@ -200,7 +207,12 @@ def available_backends(names: list[str], sources: ModelSources, skipped: list[di
         if reason:
             skipped.append({"backend": spec.name, "reason": reason})
             continue
-        try:
-            yield from spec.create(sources)
-        except MoptError as exc:
-            skipped.append({"backend": spec.name, "reason": str(exc)})
+        yield from started_backends(spec, sources, skipped)
+
+
+def started_backends(spec: BackendSpec, sources: ModelSources, skipped: list[dict]) -> Iterator[InferenceBackend]:
+    """Every backend ``spec`` makes from ``sources``, one at a time; one failing to start ends it, in ``skipped``."""
+    try:
+        yield from spec.create(sources)
+    except MoptError as exc:
+        skipped.append({"backend": spec.name, "reason": str(exc)})

@@ -199,10 +199,12 @@ ONNXRUNTIME = BackendSpec(
     "ONNX Runtime CPU provider, one run per ONNX file (FP32, FP16 graph, INT8 Q/DQ)",
     _onnxruntime_models,
     lambda s: None if s.onnx else "no ONNX file given (run `mopt export` first)",
+    count=lambda s: len(s.onnx),
 )
 ONNXRUNTIME_CUDA = BackendSpec(
     "onnxruntime-cuda",
     "ONNX Runtime CUDA provider, one run per ONNX file, I/O bound on the device",
     _onnxruntime_cuda,
     _onnxruntime_cuda_reason,
+    count=lambda s: len(s.onnx),
 )

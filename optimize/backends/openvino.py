@@ -298,6 +298,7 @@ OPENVINO = BackendSpec(
     "OpenVINO on the CPU, one run per ONNX file (FP32 computed in f32, FP16 graph, INT8 Q/DQ), latency hint",
     _openvino_models,
     _openvino_reason,
+    count=lambda s: len(s.onnx),
 )
 OPENVINO_BF16 = BackendSpec(
     "openvino-bf16",
@@ -307,4 +308,5 @@ OPENVINO_BF16 = BackendSpec(
     # Only by name: bf16 is a reduced precision like FP16/INT8 and needs its own recipe to meet the budget
     # (on the bundled models its worst pixels exceed compare's bf16 tolerance without one).
     default=False,
+    count=lambda s: sum(onnx_precision(path) == "fp32" for path in s.onnx),
 )

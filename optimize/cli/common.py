@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -59,3 +61,23 @@ def announce_models(*identities: ModelIdentity) -> list[dict]:
     for identity in identities:
         console.print(f"model: {escape(identity.describe())}", highlight=False)
     return [identity.to_dict() for identity in identities]
+
+
+def print_step(label: str, done: int, total: int) -> None:
+    """One plain progress line, ``[3/12] label``: the step about to run of those planned (logs, CI, pipes)."""
+    console.print(f"[{done + 1}/{total}] {label}", markup=False, highlight=False)
+
+
+@contextmanager
+def step_progress(description: str) -> Iterator[Callable[[str, int, int], None]]:
+    """Progress of a planned run of steps, as a ``(label, done, total)`` callback to call before each step.
+
+    On a terminal: a transient bar with done/total. Elsewhere a bar would print nothing until the end (Rich
+    draws no live display off a terminal), so each step is one plain line instead.
+    """
+    if not console.is_terminal:
+        yield print_step
+        return
+    with progress() as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda label, done, total: bar.update(task, description=label, completed=done, total=total)

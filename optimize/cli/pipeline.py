@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from optimize.cli.common import DEFAULT_CHECKPOINT_PATH, CheckpointOption, ThreadsOption, announce_models, console
+from optimize.cli.common import (
+    DEFAULT_CHECKPOINT_PATH,
+    CheckpointOption,
+    ThreadsOption,
+    announce_models,
+    console,
+    print_step,
+)
 from optimize.shapes import parse_ints, parse_size, parse_sizes
 
 if TYPE_CHECKING:  # optimize.pipeline imports every stage's library: only inside the command (fast `--help`)
@@ -62,7 +69,13 @@ def pipeline(
         price_per_hour=price_per_hour,
     )
     with console.status("running the pipeline") as status:
-        state = run_pipeline(settings, on_stage=show_stage, on_step=lambda label: status.update(f"bench: {label}"))
+
+        def bench_step(label: str, done: int, total: int) -> None:
+            status.update(f"bench [{done + 1}/{total}]: {label}")
+
+        # Off a terminal the status line is not drawn: each bench measurement is a plain line there instead.
+        on_step = bench_step if console.is_terminal else print_step
+        state = run_pipeline(settings, on_stage=show_stage, on_step=on_step)
     console.print(f"report: {report / 'summary.md'}, {report / 'latency.png'}")
     if not state.passed:
         failed = [s.name for s in state.stages if s.status == "failed"]
