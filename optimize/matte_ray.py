@@ -15,7 +15,7 @@ share of the node's CPUs for decoding and encoding); otherwise one actor per nod
 batches at a time, one inferring while the other decodes or writes, inference one at a time.
 
 Failures: a file that cannot be read, inferred or written is reported with its reason, as in a plain run. A
-worker process that dies is restarted by Ray and its batch retried; a small ledger actor counts the attempts
+worker process that dies is restarted by Ray and its batch retried; a small ledger actor counts the starts
 of every batch, so a batch whose worker died :data:`MAX_ATTEMPTS` times is reported as failed instead of
 being retried for ever. Any file without a result at the end is reported too: every input is written,
 skipped or failed. Temporary files a dead worker left beside an output are removed at the end of the run.
@@ -299,22 +299,30 @@ def plan_actors(nodes: Sequence[dict[str, float]], gpu: bool) -> ActorPlan:
 
 
 class _RunLedger:
-    """Counts the attempts of each batch and stops handing them out once the driver is interrupted.
+    """Counts the deliveries and the starts of each batch and stops handing them out once the driver is interrupted.
 
-    A batch whose worker died is retried by Ray on the restarted actor; the count lets the actor give up on a
-    batch that kills its worker every time (a decoder crash on one file) instead of retrying it for ever.
+    A batch whose worker died is retried by Ray on the restarted actor; the count of its starts lets the actor
+    give up on a batch that kills its worker every time (a decoder crash on one file) instead of retrying it for
+    ever. Only starts count towards that limit: a batch that was still waiting for its turn when a neighbour
+    killed the worker did nothing wrong.
     """
 
     def __init__(self) -> None:
-        self.attempts: dict[int, int] = {}
+        self.deliveries: dict[int, int] = {}
+        self.starts: dict[int, int] = {}
         self.stopping = False
 
-    def begin(self, key: int) -> int | None:
-        """The attempt number of batch ``key`` starting now, or None: the run is stopping, skip it."""
+    def arrive(self, key: int) -> tuple[int, int] | None:
+        """``(delivery number, earlier starts)`` of batch ``key`` reaching an actor, or None: the run is stopping."""
         if self.stopping:
             return None
-        self.attempts[key] = self.attempts.get(key, 0) + 1
-        return self.attempts[key]
+        self.deliveries[key] = self.deliveries.get(key, 0) + 1
+        return self.deliveries[key], self.starts.get(key, 0)
+
+    def start(self, key: int) -> bool:
+        """Batch ``key`` starts running now (its turn came): a death from here on is its own."""
+        self.starts[key] = self.starts.get(key, 0) + 1
+        return True
 
     def stop(self) -> bool:
         self.stopping = True
@@ -414,18 +422,20 @@ class MatteActor:
         jobs = [_Job(ImageInput(Path(p), Path(r)), Path(o), (h, w)) for p, r, o, h, w in group["jobs"]]
         paths = [str(job.image.path) for job in jobs]
         outcome: dict[str, Any] = {"key": group["key"], **self.identity}
-        attempt = ray.get(self.ledger.begin.remote(group["key"]))
-        outcome["attempt"] = attempt
-        if attempt is None:
-            return {**outcome, "cancelled": paths}
-        if attempt > MAX_ATTEMPTS:
+        arrival = ray.get(self.ledger.arrive.remote(group["key"]))
+        if arrival is None:
+            return {**outcome, "attempt": None, "cancelled": paths}
+        outcome["attempt"], died_running = arrival
+        if died_running >= MAX_ATTEMPTS:
             reason = f"the Ray worker processing its batch died {MAX_ATTEMPTS} times (see the node's Ray logs)"
             return {**outcome, "failed": [[path, reason] for path in paths]}
         run = _MatteRun([job.image for job in jobs], [job.output for job in jobs], self.outdir, self.backend,
                         self.settings, None)  # fmt: skip
         self.backend.take_waited_s()
         try:
-            with self._turn(alone=attempt > 1):
+            # A batch that died while running once runs alone from then on, so its later deaths are its own.
+            with self._turn(alone=died_running > 0):
+                ray.get(self.ledger.start.remote(group["key"]))
                 run.process(self.pool, [jobs])  # inference runs on this thread: its waits are this thread's
         except Exception as exc:  # process() reports per-file failures itself; this is anything else
             accounted = {failure.path for failure in run.failed}

@@ -32,6 +32,7 @@ from optimize.matte_ray import (
     CALLS_PER_ACTOR,
     MAX_ATTEMPTS,
     BackendLoader,
+    _RunLedger,
     backend_loader,
     backend_on_cluster,
     mattes_from_images_on_ray,
@@ -75,6 +76,17 @@ def test_actor_plan_one_per_gpu_else_one_per_node():
         plan_actors(cpu_nodes, gpu=True)
     with pytest.raises(MoptError, match="whole CPU"):
         plan_actors([{"CPU": 0.5}], gpu=False)
+
+
+def test_only_a_batchs_own_deaths_count_towards_its_limit():
+    # A batch killed while it still waited for its turn (a neighbour crashed the worker) did not start: it
+    # arrives again with no death of its own, and is not run alone. Before, every delivery counted, so a
+    # good batch queued behind a poisonous one was reported as failed beside it.
+    ledger = _RunLedger()
+    assert ledger.arrive(1) == (1, 0)  # waited, then the worker died under it
+    assert ledger.arrive(1) == (2, 0) and ledger.start(1)  # its turn came: from here a death is its own
+    assert ledger.arrive(1) == (3, 1)
+    assert ledger.stop() and ledger.arrive(2) is None
 
 
 def test_stale_temporaries_of_the_planned_outputs_only_are_removed(tmp_path):

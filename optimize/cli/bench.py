@@ -193,7 +193,7 @@ def print_bench(report: BenchReport, wide: bool = False, out: Console | None = N
         if r.note:  # e.g. a CUDA graph that could not be captured: the time is of plain launches
             out.print(f"[yellow]{escape(r.label)}: {escape(r.note)}")
     for warning in report.warnings:
-        out.print(f"[yellow]warning:[/] {escape(warning)}")
+        out.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     for s in report.skipped:
         out.print(f"[dim]skipped {escape(s['backend'])}: {escape(s['reason'])}")
 
