@@ -45,7 +45,7 @@ class ModelIdentity:
     def describe(self) -> str:
         """``engines/cvunet.sim.onnx (sha256 0123456789ab, cvunet-mbv3-large, fp32)``, then role and origin."""
         extra = "; ".join(x for x in (self.role, self.origin) if x)
-        return f"{self.path} (sha256 {self.sha256[:SHA_PREFIX]}, {self.arch}, {self.precision})" + (
+        return f"{_shown(self.path)} (sha256 {self.sha256[:SHA_PREFIX]}, {self.arch}, {self.precision})" + (
             f" [{extra}]" if extra else ""
         )
 
@@ -58,19 +58,31 @@ class ModelIdentity:
         return data
 
 
+def _shown(path: Path) -> Path:
+    """A path under the working folder as a relative one (a bundled default is absolute), others as they are."""
+    try:
+        return path.relative_to(Path.cwd()) if path.is_absolute() else path
+    except ValueError:
+        return path
+
+
 def checkpoint_identity(loaded: LoadedCheckpoint, origin: str | None = None) -> ModelIdentity:
     """The identity of a checkpoint already loaded (its hash was taken while reading it)."""
     arch = loaded.card.arch if loaded.card is not None else loaded.arch
     return ModelIdentity(path=loaded.path, sha256=loaded.sha256, arch=arch, precision="fp32", origin=origin)
 
 
-def model_identity(path: str | Path, origin: str | None = None, arch: str | None = None) -> ModelIdentity:
+def model_identity(
+    path: str | Path, origin: str | None = None, arch: str | None = None, kind: str | None = None
+) -> ModelIdentity:
     """The identity of a checkpoint, an ONNX model or a TensorRT engine (its card from the JSON sidecar).
 
     Args:
         path: the model file.
         origin: where a default came from, shown with it.
         arch: the architecture of a bare state dict (``--arch``).
+        kind: ``checkpoint`` where the command takes nothing else (its errors then speak of a checkpoint,
+            whatever the suffix); by default the suffix decides.
 
     Raises:
         MoptError: the file does not exist or is not a readable checkpoint / ONNX / engine sidecar.
@@ -81,7 +93,7 @@ def model_identity(path: str | Path, origin: str | None = None, arch: str | None
     if not path.is_file():
         raise MoptError(f"model {path} does not exist; give the path of a checkpoint, an ONNX model or an engine")
     suffix = path.suffix.lower()
-    if suffix in CHECKPOINT_SUFFIXES:
+    if kind == "checkpoint" or suffix in CHECKPOINT_SUFFIXES:
         from optimize.checkpoint import load_checkpoint
 
         return checkpoint_identity(load_checkpoint(path, arch=arch), origin)

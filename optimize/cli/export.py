@@ -27,7 +27,7 @@ def export(
     from optimize.export import onnx_from_checkpoint
     from optimize.identity import model_identity
 
-    announce_models(model_identity(checkpoint, arch=arch))
+    announce_models(model_identity(checkpoint, arch=arch, kind="checkpoint"))
     result = onnx_from_checkpoint(checkpoint, output, opset=opset, static_batch=static_batch, arch=arch)
     checks = ", ".join(f"{'x'.join(map(str, c['shape']))}: {c['max_abs']:.1e}" for c in result.checks)
     batch = "dynamic" if result.dynamic_batch else "static (1)"

@@ -58,8 +58,8 @@ def model_sources(
         if given is not None and not given.is_file():
             raise MoptError(f"model file {given} does not exist; give the path of an existing model")
     if engine or onnx or checkpoint:
-        named = [path for path in (engine, onnx, checkpoint) if path is not None]
-        models = announce_models(*(model_identity(path, arch=arch) for path in named))
+        named = [(path, kind) for path, kind in ((engine, None), (onnx, None), (checkpoint, "checkpoint")) if path]
+        models = announce_models(*(model_identity(path, arch=arch, kind=kind) for path, kind in named))
         return ModelSources(
             checkpoint=checkpoint, onnx=[onnx] if onnx else [], engine=engine, arch=arch, threads=threads
         ), models

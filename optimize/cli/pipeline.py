@@ -56,7 +56,7 @@ def pipeline(
     from optimize.pipeline import PipelineSettings, run_pipeline
 
     origin = "default: the bundled checkpoint" if checkpoint == DEFAULT_CHECKPOINT_PATH else None
-    announce_models(model_identity(checkpoint, origin))
+    announce_models(model_identity(checkpoint, origin, kind="checkpoint"))
     settings = PipelineSettings(
         checkpoint=checkpoint,
         report_dir=report,

@@ -82,7 +82,7 @@ def train(
     if init is not None:
         from optimize.identity import model_identity
 
-        identity = model_identity(init, origin="--init: training starts from it", arch=arch)
+        identity = model_identity(init, origin="--init: training starts from it", arch=arch, kind="checkpoint")
         console.print(f"model: {escape(identity.describe())}", highlight=False)
     else:
         console.print(f"model: {arch or 'cvunet-mbv3-large'} (no file: trained from random initialisation)")
