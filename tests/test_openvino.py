@@ -87,3 +87,32 @@ def test_bad_options_and_files_are_user_errors(tiny_simplified_onnx, tmp_path):
     junk.write_bytes(b"not a model")
     with pytest.raises(MoptError, match="OpenVINO cannot read"):
         OpenVinoBackend(junk)
+
+
+def test_each_shape_gets_a_static_compilation_and_the_oldest_is_dropped(tiny_simplified_onnx):
+    rng = np.random.default_rng(1)
+    shapes = [(1, 3, 64, 64), (2, 3, 64, 64), (1, 3, 96, 32)]
+    inputs = [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
+    with OpenVinoBackend(tiny_simplified_onnx, threads=1, static_shapes=0) as dynamic:
+        expected = [dynamic.infer(x) for x in inputs]
+        assert not dynamic._by_shape  # off: every shape runs on the one dynamic compilation
+    with OpenVinoBackend(tiny_simplified_onnx, threads=1, static_shapes=2) as backend:
+        for x, want in zip(inputs, expected):
+            assert np.abs(backend.infer(x) - want).max() <= 1e-5
+        assert list(backend._by_shape) == shapes[1:]  # the least recently used shape went first
+        backend.infer(inputs[1])
+        assert list(backend._by_shape) == [shapes[2], shapes[1]]
+    with pytest.raises(MoptError, match="static_shapes must be 0"):
+        OpenVinoBackend(tiny_simplified_onnx, static_shapes=-1)
+
+
+def test_throughput_hint_splits_a_batch_over_its_streams_and_returns_it_in_order(tiny_simplified_onnx):
+    x = np.random.default_rng(2).standard_normal((5, 3, 64, 64)).astype(np.float32)
+    with OpenVinoBackend(tiny_simplified_onnx, threads=2) as latency:
+        expected = latency.infer(x)
+    with OpenVinoBackend(tiny_simplified_onnx, threads=2, performance_hint="THROUGHPUT") as throughput:
+        got = throughput.infer(x)
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() <= 1e-5
+        if len(throughput._requests) > 1:  # more than one stream: the chunks' shapes were compiled
+            assert all(shape[0] < len(x) for shape in throughput._by_shape)
