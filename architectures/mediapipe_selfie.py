@@ -9,10 +9,12 @@ What the TFLite graph computes, and how the port matches it:
 
 - CONV_2D / DEPTHWISE_CONV_2D with SAME padding: stride-1 convolutions pad ``(k-1)/2`` on each side; stride-2
   ones pad ``(k-3)/2 + H%2`` on top and ``(k-1)/2`` at the bottom (the extra row goes to the bottom/right for
-  even sizes), applied with an explicit ``F.pad`` so the amounts follow the traced input size.
+  even sizes), applied with an explicit ``F.pad`` so the amounts follow the input size; in ONNX that is the
+  convolution's own ``auto_pad=SAME_UPPER``, the same rule, so the runtime pads inside the convolution.
 - AVERAGE_POOL_2D (portrait graph) and MEAN (landscape graph) both cover the whole feature map: a global mean.
 - RESIZE_BILINEAR with ``align_corners=False, half_pixel_centers=True``: ``F.interpolate(..., "bilinear",
-  align_corners=False)``, sized to the skip tensor it is added to.
+  align_corners=False)``, sized to the skip tensor it is added to. The graph resizes and then applies a 1x1
+  conv; the port applies the conv first (the two commute), which is the same function with less work.
 - MediaPipe's custom ``Convolution2DTransposeBias`` (weights OHWI, no kernel flip, bias added, SAME padding
   with the whole padding removed from the bottom/right): ``ConvTranspose2d`` without padding, cropped from
   the top-left to the input's H x W.

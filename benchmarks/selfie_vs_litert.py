@@ -25,6 +25,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -66,12 +67,17 @@ class LiteRTRunner:
         return out[:, None]
 
     def time_inference(self, nhwc: np.ndarray, iterations: int) -> list[float]:
-        times = []
-        for _ in range(iterations):
-            start = time.perf_counter()
-            self.infer(nhwc)
-            times.append((time.perf_counter() - start) * 1e3)
-        return times
+        return timed(lambda: self.infer(nhwc), iterations, time.perf_counter)
+
+
+def timed(call: Callable[[], object], iterations: int, clock: Callable[[], float]) -> list[float]:
+    """Milliseconds of ``clock`` per ``call``: wall time (``perf_counter``) or this process's CPU time."""
+    times = []
+    for _ in range(iterations):
+        start = clock()
+        call()
+        times.append((clock() - start) * 1e3)
+    return times
 
 
 def photo_batch(height: int, width: int, count: int) -> np.ndarray:
@@ -92,6 +98,13 @@ def main() -> None:
     parser.add_argument("--int8-recipe", type=Path, default=Path("checkpoints/selfie.int8-recipe.json"))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=4, help="timed calls per runtime per round")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: latency; cpu: the process's CPU seconds per call, which other load on the machine barely "
+        "changes (with --threads 1 it is the work one call takes) [wall]",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="keep the models here [a temporary folder]")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -155,13 +168,16 @@ def main() -> None:
                 lite = LiteRTRunner(tflite, batch, height, width, args.threads)
                 runners = {"torch": torch_backend, **backends}
                 for runner in runners.values():
-                    runner.infer(xb)  # warm-up (and OpenVINO's compilation for this shape)
+                    # One warm-up call; time_inference also gives OpenVINO its static compilation for the shape.
+                    runner.time_inference(xb, 1, 0)
                 lite.infer(nhwc)
-                times: dict[str, list[float]] = {name: [] for name in [*runners, "litert"]}
+                clock = time.perf_counter if args.clock == "wall" else time.process_time
+                calls = {name: (lambda r=runner, x=xb: r.infer(x)) for name, runner in runners.items()}
+                calls["litert"] = lambda r=lite, x=nhwc: r.infer(x)
+                times: dict[str, list[float]] = {name: [] for name in calls}
                 for _ in range(args.rounds):
-                    for name, runner in runners.items():
-                        times[name] += runner.time_inference(xb, 0, args.iterations)
-                    times["litert"] += lite.time_inference(nhwc, args.iterations)
+                    for name, call in calls.items():
+                        times[name] += timed(call, args.iterations, clock)
                 latency[f"{size} b{batch}"] = {
                     name: {"p50_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)), "n": len(t)}
                     for name, t in times.items()
@@ -181,7 +197,8 @@ def main() -> None:
         f"{fp16.ort_fp16_nodes[1]} FP16 nodes in FP16; INT8 with {len(int8.quantized)} nodes quantized, calibrated "
         f"on {count} photos), OpenVINO {_version('openvino')} (lat: latency hint, tput: throughput hint) and "
         f"LiteRT {_version('ai-edge-litert')} XNNPACK; {args.threads} threads, p50 of {args.rounds * args.iterations} "
-        f"calls; load average {load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end"
+        f"calls ({'wall' if args.clock == 'wall' else 'process CPU'} ms); load average {load_start[0]:.1f} at the "
+        f"start, {load_end[0]:.1f} at the end"
     )
     for item in skipped:
         print(f"skipped {item['backend']}: {item['reason']}")

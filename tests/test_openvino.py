@@ -96,7 +96,8 @@ def test_each_shape_gets_a_static_compilation_and_the_oldest_is_dropped(tiny_sim
     with OpenVinoBackend(tiny_simplified_onnx, threads=1, static_shapes=0) as dynamic:
         expected = [dynamic.infer(x) for x in inputs]
         assert not dynamic._by_shape  # off: every shape runs on the one dynamic compilation
-    with OpenVinoBackend(tiny_simplified_onnx, threads=1, static_shapes=2) as backend:
+    # static_after_s=0: a shape has earned its static compilation at once.
+    with OpenVinoBackend(tiny_simplified_onnx, threads=1, static_shapes=2, static_after_s=0.0) as backend:
         for x, want in zip(inputs, expected):
             assert np.abs(backend.infer(x) - want).max() <= 1e-5
         assert list(backend._by_shape) == shapes[1:]  # the least recently used shape went first
@@ -106,13 +107,29 @@ def test_each_shape_gets_a_static_compilation_and_the_oldest_is_dropped(tiny_sim
         OpenVinoBackend(tiny_simplified_onnx, static_shapes=-1)
 
 
+def test_a_shape_runs_dynamic_until_its_calls_have_cost_a_compilation(tiny_simplified_onnx):
+    x = np.zeros((1, 3, 64, 64), np.float32)
+    with OpenVinoBackend(tiny_simplified_onnx, threads=1, static_after_s=3600.0) as backend:
+        for _ in range(3):
+            backend.infer(x)
+        assert not backend._by_shape and backend._dynamic_s[x.shape] > 0
+        backend._dynamic_s[x.shape] = 3600.0  # as if it had run for an hour at this shape
+        backend.infer(x)
+        assert list(backend._by_shape) == [x.shape] and x.shape not in backend._dynamic_s
+    with OpenVinoBackend(tiny_simplified_onnx, threads=1, static_after_s=3600.0) as timed:
+        # Timing measures the steady state: the timed shape is compiled before the first timed call.
+        assert len(timed.time_inference(x, 0, 2)) == 2 and list(timed._by_shape) == [x.shape]
+
+
 def test_throughput_hint_splits_a_batch_over_its_streams_and_returns_it_in_order(tiny_simplified_onnx):
     x = np.random.default_rng(2).standard_normal((5, 3, 64, 64)).astype(np.float32)
     with OpenVinoBackend(tiny_simplified_onnx, threads=2) as latency:
         expected = latency.infer(x)
-    with OpenVinoBackend(tiny_simplified_onnx, threads=2, performance_hint="THROUGHPUT") as throughput:
+    with OpenVinoBackend(
+        tiny_simplified_onnx, threads=2, performance_hint="THROUGHPUT", static_after_s=0.0
+    ) as throughput:
         got = throughput.infer(x)
         assert got.shape == expected.shape
         assert np.abs(got - expected).max() <= 1e-5
-        if len(throughput._requests) > 1:  # more than one stream: the chunks' shapes were compiled
-            assert all(shape[0] < len(x) for shape in throughput._by_shape)
+        if len(throughput._requests) > 1:  # more than one stream: the batch ran as chunks (3 + 2 on two streams)
+            assert sorted(throughput._by_shape) == sorted({(len(c), 3, 64, 64) for c in np.array_split(x, 2)})
