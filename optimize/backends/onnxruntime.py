@@ -45,10 +45,10 @@ class OnnxRuntimeBackend(CpuBackend):
             threads: intra-op threads; ``None`` lets ONNX Runtime use every core.
             name: label in reports; defaults to ``onnxruntime-<cpu|cuda>-<precision>``.
             precision: label for the file's precision; read from its metadata by default.
-            spinning: let idle intra-op threads busy-wait for the next operator. Off by default: on a machine
-                shared with other work the spinning threads take the cores the work needs (the MediaPipe selfie
-                model at batch 8 on 2 busy cores: 2x slower with spinning), and they keep spinning after a call
-                returns, slowing whatever the process runs next.
+            spinning: let idle intra-op threads busy-wait for the next operator (ONNX Runtime's own default).
+                Off by default: on a machine shared with other work the spinning threads take the cores the
+                work needs (the MediaPipe selfie model at batch 8 on 2 busy cores: 2x slower with spinning), and
+                they keep spinning after a call returns, slowing whatever the process runs next.
         """
         import onnxruntime as ort
 
