@@ -9,10 +9,12 @@ What the TFLite graph computes, and how the port matches it:
 
 - CONV_2D / DEPTHWISE_CONV_2D with SAME padding: stride-1 convolutions pad ``(k-1)/2`` on each side; stride-2
   ones pad ``(k-3)/2 + H%2`` on top and ``(k-1)/2`` at the bottom (the extra row goes to the bottom/right for
-  even sizes), applied with an explicit ``F.pad`` so the amounts follow the traced input size.
+  even sizes), applied with an explicit ``F.pad`` so the amounts follow the input size; in ONNX that is the
+  convolution's own ``auto_pad=SAME_UPPER``, the same rule, so the runtime pads inside the convolution.
 - AVERAGE_POOL_2D (portrait graph) and MEAN (landscape graph) both cover the whole feature map: a global mean.
 - RESIZE_BILINEAR with ``align_corners=False, half_pixel_centers=True``: ``F.interpolate(..., "bilinear",
-  align_corners=False)``, sized to the skip tensor it is added to.
+  align_corners=False)``, sized to the skip tensor it is added to. The graph resizes and then applies a 1x1
+  conv; the port applies the conv first (the two commute), which is the same function with less work.
 - MediaPipe's custom ``Convolution2DTransposeBias`` (weights OHWI, no kernel flip, bias added, SAME padding
   with the whole padding removed from the bottom/right): ``ConvTranspose2d`` without padding, cropped from
   the top-left to the input's H x W.
@@ -57,6 +59,24 @@ def _same_pad(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
     return F.pad(x, [before + w % 2, after, before + h % 2, after])
 
 
+class _SameUpperConv(torch.autograd.Function):
+    """A stride-2 SAME convolution that exports as one ONNX ``Conv`` with ``auto_pad=SAME_UPPER``.
+
+    Traced as ``F.pad`` + ``Conv``, the input-size-dependent padding becomes a ``Shape``/``Mod``/``Pad`` chain
+    in front of every stride-2 layer, which ONNX Runtime cannot keep in its blocked (NCHWc) layout: each one
+    costs a copy and two layout reorders. ONNX's SAME_UPPER is TFLite's SAME exactly (output ``ceil(n/s)``,
+    the odd padding element at the end), so the runtime pads inside the convolution for any input size.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int, groups: int):
+        return F.conv2d(_same_pad(x, weight.shape[-1], stride), weight, bias, stride, 0, 1, groups)
+
+    @staticmethod
+    def symbolic(g, x, weight, bias, stride: int, groups: int):  # noqa: ANN001, ANN205 (TorchScript graph values)
+        return g.op("Conv", x, weight, bias, auto_pad_s="SAME_UPPER", strides_i=[stride, stride], group_i=groups)
+
+
 class SameConv2d(nn.Conv2d):
     """A ``Conv2d`` (optionally depthwise) with TFLite SAME padding and bias; the TFLite weights map 1:1."""
 
@@ -64,7 +84,13 @@ class SameConv2d(nn.Conv2d):
         super().__init__(in_ch, out_ch, kernel, stride, padding=0, groups=in_ch if depthwise else 1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(_same_pad(x, self.kernel_size[0], self.stride[0]))
+        kernel, stride = self.kernel_size[0], self.stride[0]
+        if stride == 2 and kernel > 1 and torch.onnx.is_in_onnx_export():
+            return _SameUpperConv.apply(x, self.weight, self.bias, stride, self.groups)
+        if stride == 1 and kernel > 1:
+            # Symmetric: the convolution's own padding, which every exporter and runtime fuses.
+            return F.conv2d(x, self.weight, self.bias, 1, (kernel - 1) // 2, 1, self.groups)
+        return super().forward(_same_pad(x, kernel, stride))
 
 
 class SigmoidSqueezeExcite(nn.Module):
@@ -106,7 +132,7 @@ class Bottleneck(nn.Module):
 class GatedFusion(nn.Module):
     """One decoder stage: upsample, 1x1 to the skip's width, fuse with a globally gated skip, refine.
 
-    ``u = conv(resize(x)); g = SE-gate(skip + u); y = skip * g + u; r = relu(conv(y)); out = r + relu(dw(r))``.
+    ``u = resize(conv(x)); g = SE-gate(skip + u); y = skip * g + u; r = relu(conv(y)); out = r + relu(dw(r))``.
     """
 
     def __init__(self, in_ch: int, skip_ch: int) -> None:
@@ -117,7 +143,10 @@ class GatedFusion(nn.Module):
         self.depthwise = SameConv2d(skip_ch, skip_ch, 3, depthwise=True)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        u = self.up(upsample_to(x, skip))  # N,Cs,Hs,Ws; the graph resizes before the 1x1 conv
+        # The graph resizes before the 1x1 conv; bilinear weights sum to 1, so the conv (bias included) commutes
+        # with the resize, and running it first resizes Cs instead of Cin channels and convolves a quarter of the
+        # pixels (128 -> 24 channels in the first stage). Equal up to float32 rounding.
+        u = upsample_to(self.up(x), skip)  # N,Cs,Hs,Ws
         y = skip * self.gate.gate(skip + u) + u
         r = F.relu(self.refine(y))
         return r + F.relu(self.depthwise(r))

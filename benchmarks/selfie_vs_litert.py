@@ -4,8 +4,10 @@
 
 The converted checkpoint is exported, simplified, converted to FP16 and quantized to INT8 (calibrated on the
 bundled real photos) with the precision recipes beside it, through the same library functions as the
-``mopt`` commands. Each is timed against PyTorch eager (FP32, the reference) and against the original
-``.tflite`` in LiteRT with XNNPACK. LiteRT's graph is frozen at 1 x 256 x 256 x 3: for other batches it gets
+``mopt`` commands. Each is timed in ONNX Runtime, and the FP32 and INT8 files in OpenVINO (FP32 also computed
+in bf16 where the CPU has it), each OpenVINO run under its latency and its throughput hint, through mopt's
+own backend classes; against PyTorch eager (FP32, the reference) and the original ``.tflite`` in LiteRT with
+XNNPACK. LiteRT's graph is frozen at 1 x 256 x 256 x 3: for other batches it gets
 ``resize_tensor_input``, and for other sizes also :func:`optimize.tflite_import.tflite_for_size` (its resize
 targets and pool windows re-set for that size, nothing else changed), so every row runs the same network
 and weights. LiteRT reads NHWC and the others NCHW: each gets its own layout prepared ahead, untimed.
@@ -20,14 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from optimize.backends import OnnxRuntimeBackend, TorchBackend
+from optimize.backends import OnnxRuntimeBackend, OpenVinoBackend, TorchBackend
+from optimize.backends.openvino import inference_precision_reason, openvino_unavailable_reason
 from optimize.bench import machine_info
 from optimize.checkpoint import load_checkpoint
 from optimize.export import onnx_from_checkpoint
@@ -62,12 +67,17 @@ class LiteRTRunner:
         return out[:, None]
 
     def time_inference(self, nhwc: np.ndarray, iterations: int) -> list[float]:
-        times = []
-        for _ in range(iterations):
-            start = time.perf_counter()
-            self.infer(nhwc)
-            times.append((time.perf_counter() - start) * 1e3)
-        return times
+        return timed(lambda: self.infer(nhwc), iterations, time.perf_counter)
+
+
+def timed(call: Callable[[], object], iterations: int, clock: Callable[[], float]) -> list[float]:
+    """Milliseconds of ``clock`` per ``call``: wall time (``perf_counter``) or this process's CPU time."""
+    times = []
+    for _ in range(iterations):
+        start = clock()
+        call()
+        times.append((clock() - start) * 1e3)
+    return times
 
 
 def photo_batch(height: int, width: int, count: int) -> np.ndarray:
@@ -88,6 +98,13 @@ def main() -> None:
     parser.add_argument("--int8-recipe", type=Path, default=Path("checkpoints/selfie.int8-recipe.json"))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=4, help="timed calls per runtime per round")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: latency; cpu: the process's CPU seconds per call, which other load on the machine barely "
+        "changes (with --threads 1 it is the work one call takes) [wall]",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="keep the models here [a temporary folder]")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -95,6 +112,8 @@ def main() -> None:
     batches = parse_ints(args.batches, "batches")
     tflite = args.tflite or bundled_tflite("mediapipe-selfie")
     machine = machine_info(args.threads)
+    load_start = os.getloadavg()
+    skipped: list[dict] = []
     print(json.dumps(machine))
 
     with tempfile.TemporaryDirectory(prefix="mopt-selfie-bench-") as tmp:
@@ -123,6 +142,9 @@ def main() -> None:
         onnx_models = {"ort fp32": fp32, "ort fp16": fp16.path, "ort int8": int8.path}
         torch_backend = TorchBackend(load_checkpoint(args.checkpoint).model, threads=args.threads)
         ort = {name: OnnxRuntimeBackend(path, threads=args.threads) for name, path in onnx_models.items()}
+        backends = {**ort, **openvino_backends(fp32, int8.path, args.threads, skipped)}
+        # Quality once per computation: a throughput run computes what its latency run does.
+        judged = {name: b for name, b in backends.items() if not name.endswith(" tput")}
 
         quality: dict[str, dict[str, dict]] = {}
         latency: dict[str, dict[str, dict]] = {}
@@ -131,7 +153,7 @@ def main() -> None:
             x = photo_batch(height, width, count)
             reference = torch_backend.infer(x)
             lite_one = LiteRTRunner(tflite, 1, height, width, args.threads)
-            outputs = {name: b.infer(x) for name, b in ort.items()}
+            outputs = {name: b.infer(x) for name, b in judged.items()}
             outputs.update({name: run_onnx(model, x, threads=args.threads) for name, model in emulated.items()})
             outputs["litert"] = np.concatenate(
                 [lite_one.infer(x[i : i + 1].transpose(0, 2, 3, 1)) for i in range(count)]
@@ -144,15 +166,18 @@ def main() -> None:
                 xb = photo_batch(height, width, batch)
                 nhwc = np.ascontiguousarray(xb.transpose(0, 2, 3, 1))
                 lite = LiteRTRunner(tflite, batch, height, width, args.threads)
-                runners = {"torch": torch_backend, **ort}
+                runners = {"torch": torch_backend, **backends}
                 for runner in runners.values():
-                    runner.infer(xb)  # warm-up
+                    # One warm-up call; time_inference also gives OpenVINO its static compilation for the shape.
+                    runner.time_inference(xb, 1, 0)
                 lite.infer(nhwc)
-                times: dict[str, list[float]] = {name: [] for name in [*runners, "litert"]}
+                clock = time.perf_counter if args.clock == "wall" else time.process_time
+                calls = {name: (lambda r=runner, x=xb: r.infer(x)) for name, runner in runners.items()}
+                calls["litert"] = lambda r=lite, x=nhwc: r.infer(x)
+                times: dict[str, list[float]] = {name: [] for name in calls}
                 for _ in range(args.rounds):
-                    for name, runner in runners.items():
-                        times[name] += runner.time_inference(xb, 0, args.iterations)
-                    times["litert"] += lite.time_inference(nhwc, args.iterations)
+                    for name, call in calls.items():
+                        times[name] += timed(call, args.iterations, clock)
                 latency[f"{size} b{batch}"] = {
                     name: {"p50_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)), "n": len(t)}
                     for name, t in times.items()
@@ -161,29 +186,30 @@ def main() -> None:
                     f"{size} batch {batch}: "
                     + ", ".join(f"{n} {v['p50_ms']:.1f} ms" for n, v in latency[f"{size} b{batch}"].items())
                 )
-        for backend in ort.values():
+        for backend in backends.values():
             backend.close()
+    load_end = os.getloadavg()
 
-    names = ["torch", "ort fp32", "ort fp16", "ort int8", "litert"]
+    names = ["torch", *backends, "litert"]
     print(
-        f"\nPyTorch eager FP32, ONNX Runtime CPU (simplified ONNX; FP16 keeping {len(fp16.kept_fp32)} nodes in FP32, "
-        f"of which ONNX Runtime runs {fp16.ort_fp16_nodes[0]} of {fp16.ort_fp16_nodes[1]} FP16 nodes in FP16; "
-        f"INT8 with {len(int8.quantized)} nodes quantized, calibrated on {count} photos) and "
-        f"LiteRT {_litert_version()} XNNPACK; {args.threads} threads, p50 of {args.rounds * args.iterations} calls\n"
+        f"\nPyTorch eager FP32, ONNX Runtime {_version('onnxruntime-gpu', 'onnxruntime')} CPU (simplified ONNX; FP16 "
+        f"keeping {len(fp16.kept_fp32)} nodes in FP32, of which ONNX Runtime runs {fp16.ort_fp16_nodes[0]} of "
+        f"{fp16.ort_fp16_nodes[1]} FP16 nodes in FP16; INT8 with {len(int8.quantized)} nodes quantized, calibrated "
+        f"on {count} photos), OpenVINO {_version('openvino')} (lat: latency hint, tput: throughput hint) and "
+        f"LiteRT {_version('ai-edge-litert')} XNNPACK; {args.threads} threads, p50 of {args.rounds * args.iterations} "
+        f"calls ({'wall' if args.clock == 'wall' else 'process CPU'} ms); load average {load_start[0]:.1f} at the "
+        f"start, {load_end[0]:.1f} at the end"
     )
-    print(
-        "| size | batch | "
-        + " | ".join(f"{n} ms" for n in names)
-        + " | "
-        + " | ".join(f"{n} / litert" for n in names[:-1])
-        + " |"
-    )
-    print("|---|---:|" + "---:|" * (2 * len(names) - 1))
-    for key, row in latency.items():
-        size, batch = key.split(" b")
-        cells = [f"{row[n]['p50_ms']:.1f}" for n in names]
-        cells += [f"{row[n]['p50_ms'] / row['litert']['p50_ms']:.2f}x" for n in names[:-1]]
-        print(f"| {size} | {batch} | " + " | ".join(cells) + " |")
+    for item in skipped:
+        print(f"skipped {item['backend']}: {item['reason']}")
+    print("\n| runtime | " + " | ".join(f"{k.replace(' b', ' batch ')} ms (/ litert)" for k in latency) + " |")
+    print("|---|" + "---:|" * len(latency))
+    for name in names:
+        cells = [
+            f"{row[name]['p50_ms']:.1f} ({row[name]['p50_ms'] / row['litert']['p50_ms']:.2f}x)"
+            for row in latency.values()
+        ]
+        print(f"| {name} | " + " | ".join(cells) + " |")
     print(f"\nMattes against PyTorch FP32 on the {count} bundled real photos\n")
     print("| size | runtime | MAD | max abs | MSE | SAD | Grad | Conn | IoU@0.5 |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -198,10 +224,12 @@ def main() -> None:
             json.dumps(
                 {
                     "machine": machine,
+                    "load_average": {"start": list(load_start), "end": list(load_end)},
                     "settings": {k: str(v) for k, v in vars(args).items()},
                     "fp16_kept_fp32": len(fp16.kept_fp32),
                     "fp16_ort_fp16_nodes": list(fp16.ort_fp16_nodes),
                     "int8_quantized": len(int8.quantized),
+                    "skipped": skipped,
                     "quality": quality,
                     "latency": latency,
                 },
@@ -210,10 +238,37 @@ def main() -> None:
         )
 
 
-def _litert_version() -> str:
-    from importlib.metadata import version
+def openvino_backends(fp32: Path, int8: Path, threads: int, skipped: list[dict]) -> dict[str, OpenVinoBackend]:
+    """OpenVINO on the FP32 file (in f32, and in bf16 where the CPU has it) and the INT8 Q/DQ file, each under
+    the latency and the throughput hint; what cannot run here is added to ``skipped`` with the reason."""
+    reason = openvino_unavailable_reason()
+    if reason:
+        skipped.append({"backend": "openvino", "reason": reason})
+        return {}
+    runs = {"ov fp32": (fp32, "fp32"), "ov bf16": (fp32, "bf16"), "ov int8": (int8, "fp32")}
+    backends: dict[str, OpenVinoBackend] = {}
+    for name, (path, precision) in runs.items():
+        reason = inference_precision_reason(precision)
+        if reason:
+            skipped.append({"backend": name, "reason": reason})
+            continue
+        for hint, suffix in (("LATENCY", "lat"), ("THROUGHPUT", "tput")):
+            backends[f"{name} {suffix}"] = OpenVinoBackend(
+                path, threads=threads, inference_precision=precision, performance_hint=hint
+            )
+    return backends
 
-    return version("ai-edge-litert")
+
+def _version(*distributions: str) -> str:
+    """The installed version of the first of ``distributions`` that is installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for distribution in distributions:
+        try:
+            return version(distribution)
+        except PackageNotFoundError:
+            continue
+    return "?"
 
 
 if __name__ == "__main__":

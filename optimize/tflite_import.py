@@ -344,7 +344,22 @@ def _torch_weight(graph: _Graph, op: Any, layer: nn.Module) -> torch.Tensor:
 def _output_shapes(model: nn.Module, layers: list[nn.Module], native: tuple[int, int]) -> list[tuple[int, ...]]:
     """Each weighted layer's output at the native size, NHWC, to compare with the graph's tensor shapes."""
     shapes: list[tuple[int, ...]] = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape))) for m in layers]
+    # The port runs each decoder stage's 1x1 ``up`` conv before the resize the graph runs first (they commute):
+    # the graph's tensor there has the skip's H x W, which the stage's pre-hook records before ``up`` runs.
+    skip_size: dict[int, tuple[int, int]] = {}
+    stages = {id(stage.up): stage for stage in getattr(model, "decoder", [])}
+
+    def record(layer: nn.Module, _inputs: tuple, out: torch.Tensor) -> None:
+        n, c, h, w = out.shape
+        shapes.append((n, c, *skip_size.get(id(layer), (h, w))))
+
+    hooks = [m.register_forward_hook(record) for m in layers]
+    for up, stage in stages.items():
+        hooks.append(
+            stage.register_forward_pre_hook(
+                lambda _m, inputs, up=up: skip_size.__setitem__(up, tuple(inputs[1].shape[-2:]))
+            )
+        )
     try:
         with torch.inference_mode():
             model(torch.zeros(1, 3, *native))

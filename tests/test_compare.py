@@ -425,3 +425,16 @@ def test_candidates_are_every_available_backend_but_the_reference(tmp_path):
     assert all(s["reason"] for s in skipped) and not any(c.name.startswith("torch-cpu") for c in candidates)
     only, none_skipped = candidates_from_sources(ModelSources(onnx=[model]), backends=["onnxruntime"])
     assert [c.name for c in only] == ["onnxruntime-cpu-fp32"] and none_skipped == []
+
+
+def test_onnxruntime_threads_block_when_idle_unless_spinning_is_asked_for(tiny_simplified_onnx):
+    def spinning(backend: OnnxRuntimeBackend) -> str:
+        return backend.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+
+    with (
+        OnnxRuntimeBackend(tiny_simplified_onnx, threads=2) as quiet,
+        OnnxRuntimeBackend(tiny_simplified_onnx, threads=2, spinning=True) as spinning_backend,
+    ):
+        assert spinning(quiet) == "0" and spinning(spinning_backend) == "1"
+        x = np.random.default_rng(3).standard_normal((1, 3, 64, 64)).astype(np.float32)
+        assert np.array_equal(quiet.infer(x), spinning_backend.infer(x))

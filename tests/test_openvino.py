@@ -190,3 +190,49 @@ def test_openvino_fp16_is_refused_in_one_line_on_a_cpu_without_it(fragile_models
     with pytest.raises(MoptError, match="cannot compute in FP16 or BF16.*--runtime onnxruntime") as info:
         precision_recipe_from_onnx(fragile_models["fp16"], "fp16", size=(32, 48), count=2, runtime="openvino")
     assert "\n" not in str(info.value)
+
+
+def test_each_shape_gets_a_static_compilation_and_the_oldest_is_dropped(tiny_simplified_onnx):
+    rng = np.random.default_rng(1)
+    shapes = [(1, 3, 64, 64), (2, 3, 64, 64), (1, 3, 96, 32)]
+    inputs = [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
+    with OpenVinoBackend(tiny_simplified_onnx, threads=1, static_shapes=0) as dynamic:
+        expected = [dynamic.infer(x) for x in inputs]
+        assert not dynamic._by_shape  # off: every shape runs on the one dynamic compilation
+    # static_after_s=0: a shape has earned its static compilation at once.
+    with OpenVinoBackend(tiny_simplified_onnx, threads=1, static_shapes=2, static_after_s=0.0) as backend:
+        for x, want in zip(inputs, expected):
+            assert np.abs(backend.infer(x) - want).max() <= 1e-5
+        assert list(backend._by_shape) == shapes[1:]  # the least recently used shape went first
+        backend.infer(inputs[1])
+        assert list(backend._by_shape) == [shapes[2], shapes[1]]
+    with pytest.raises(MoptError, match="static_shapes must be 0"):
+        OpenVinoBackend(tiny_simplified_onnx, static_shapes=-1)
+
+
+def test_a_shape_runs_dynamic_until_its_calls_have_cost_a_compilation(tiny_simplified_onnx):
+    x = np.zeros((1, 3, 64, 64), np.float32)
+    with OpenVinoBackend(tiny_simplified_onnx, threads=1, static_after_s=3600.0) as backend:
+        for _ in range(3):
+            backend.infer(x)
+        assert not backend._by_shape and backend._dynamic_s[x.shape] > 0
+        backend._dynamic_s[x.shape] = 3600.0  # as if it had run for an hour at this shape
+        backend.infer(x)
+        assert list(backend._by_shape) == [x.shape] and x.shape not in backend._dynamic_s
+    with OpenVinoBackend(tiny_simplified_onnx, threads=1, static_after_s=3600.0) as timed:
+        # Timing measures the steady state: the timed shape is compiled before the first timed call.
+        assert len(timed.time_inference(x, 0, 2)) == 2 and list(timed._by_shape) == [x.shape]
+
+
+def test_throughput_hint_splits_a_batch_over_its_streams_and_returns_it_in_order(tiny_simplified_onnx):
+    x = np.random.default_rng(2).standard_normal((5, 3, 64, 64)).astype(np.float32)
+    with OpenVinoBackend(tiny_simplified_onnx, threads=2) as latency:
+        expected = latency.infer(x)
+    with OpenVinoBackend(
+        tiny_simplified_onnx, threads=2, performance_hint="THROUGHPUT", static_after_s=0.0
+    ) as throughput:
+        got = throughput.infer(x)
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() <= 1e-5
+        if len(throughput._requests) > 1:  # more than one stream: the batch ran as chunks (3 + 2 on two streams)
+            assert sorted(throughput._by_shape) == sorted({(len(c), 3, 64, 64) for c in np.array_split(x, 2)})

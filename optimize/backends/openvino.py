@@ -6,14 +6,25 @@ INT8 Q/DQ and FP16 graphs are read as they are. The CPU plugin executes in the p
 OpenVINO would otherwise default to bf16 and an "FP32" result would not be FP32. ``openvino-bf16`` asks for bf16
 on CPUs that have it (``OPTIMIZATION_CAPABILITIES`` lists ``BF16``) and says why not on the others.
 
-The mopt ONNX has a dynamic batch, height and width; the CPU plugin compiles a dynamic model once and infers any
-shape, so no reshape or recompilation happens when a matte job changes bucket.
+The mopt ONNX has a dynamic batch, height and width. The CPU plugin runs a dynamic model at any shape, but
+markedly slower than one compiled for the shape it gets (1.5-2x on the MediaPipe selfie model: its kernels and
+memory plan are chosen per call), while compiling a static copy costs about what compiling the model took (a
+fraction of a second to a second here). So the backend compiles the dynamic model once and, per input shape,
+rents before it buys: a shape runs on the dynamic compilation until its calls there have taken as long as a
+compilation (``static_after_s``), then gets its own static one; the last few are kept (``static_shapes``). A
+matte job's small size buckets never pay a compilation they would not earn back; a long run of one shape, and
+every timed run (:meth:`OpenVinoBackend.time_inference` measures the steady state), runs static.
+
+With the ``THROUGHPUT`` hint OpenVINO splits the CPU into streams that each serve one request; one synchronous
+request would use one stream only, so a batch is split across the streams' requests and run in parallel.
 """
 
 from __future__ import annotations
 
 import functools
 import tempfile
+import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +39,7 @@ if TYPE_CHECKING:
 
 DEVICE = "CPU"
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
+STATIC_SHAPES = 4  # static compilations kept per backend: a matte job's buckets, bench's batch x size
 # mopt's names for OpenVINO's inference precisions, and the capability the CPU must report for each.
 INFERENCE_PRECISIONS = {"fp32": ("f32", "FP32"), "bf16": ("bf16", "BF16"), "fp16": ("f16", "FP16")}
 
@@ -185,8 +197,12 @@ class OpenVinoBackend(CpuBackend):
         inference_precision: what the CPU computes in: ``fp32`` (default), ``bf16`` or ``fp16`` where the CPU
             has it (a MoptError says when it does not).
         performance_hint: ``LATENCY`` (one request as fast as possible, what matte and bench time) or
-            ``THROUGHPUT`` (several streams for parallel requests).
+            ``THROUGHPUT`` (several streams; a batch is split across them and run in parallel).
         keep_fp32: ONNX node names computed in FP32 even under a bf16/fp16 ``inference_precision``.
+        static_shapes: how many per-shape static compilations to keep (least recently used dropped first);
+            0 runs every shape on the one dynamic compilation.
+        static_after_s: seconds of calls at one shape after which it gets a static compilation; by default the
+            time the dynamic compilation took.
     """
 
     backend = "openvino"
@@ -200,6 +216,8 @@ class OpenVinoBackend(CpuBackend):
         inference_precision: str = "fp32",
         performance_hint: str = "LATENCY",
         keep_fp32: Sequence[str] = (),
+        static_shapes: int = STATIC_SHAPES,
+        static_after_s: float | None = None,
     ) -> None:
         if performance_hint not in PERFORMANCE_HINTS:
             raise MoptError(
@@ -214,19 +232,24 @@ class OpenVinoBackend(CpuBackend):
         if len(model.inputs) != 1:
             count = len(model.inputs)
             raise MoptError(f"{label} has {count} inputs; mopt's backends run models of one image input")
-        config: dict[str, Any] = {
+        if static_shapes < 0:
+            raise MoptError(f"static_shapes must be 0 (off) or more, got {static_shapes}")
+        self._config: dict[str, Any] = {
             "PERFORMANCE_HINT": performance_hint,
             "INFERENCE_PRECISION_HINT": INFERENCE_PRECISIONS[inference_precision][0],
         }
         if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        try:
-            self.compiled = _core().compile_model(model, DEVICE, config)
-        except RuntimeError as exc:
-            raise MoptError(
-                f"OpenVINO cannot compile {label} for the CPU: {str(exc).strip().splitlines()[0]}"
-            ) from exc
-        self.request = self.compiled.create_infer_request()
+            self._config["INFERENCE_NUM_THREADS"] = int(threads)
+        self._path = label  # how messages name the model (a file, or the in-memory model)
+        self._model = model
+        began = time.perf_counter()
+        self.compiled, self._requests = self._compile(model)
+        self.static_after_s = time.perf_counter() - began if static_after_s is None else static_after_s
+        self._dynamic_s: dict[tuple[int, ...], float] = {}  # per shape: time its calls spent on the dynamic model
+        self.request = self._requests[0]
+        # Only a model with dynamic dims gains from a static copy; one already static runs as it is.
+        self.static_shapes = static_shapes if model.inputs[0].get_partial_shape().is_dynamic else 0
+        self._by_shape: OrderedDict[tuple[int, ...], tuple[Any, list[Any]]] = OrderedDict()
         self.input_name = model.inputs[0].get_any_name()
         self.output_name = model.outputs[0].get_any_name()
         self.inference_precision = inference_precision
@@ -237,13 +260,93 @@ class OpenVinoBackend(CpuBackend):
         self.precision = inference_precision if inference_precision != "fp32" else precision
         self.name = name or f"openvino-cpu-{self.precision}"
 
+    def _compile(self, model: Any) -> tuple[Any, list[Any]]:
+        """Compile ``model`` with this backend's config; its requests, one per stream the hint asks for."""
+        try:
+            compiled = _core().compile_model(model, DEVICE, self._config)
+        except RuntimeError as exc:
+            raise MoptError(
+                f"OpenVINO cannot compile {self._path} for the CPU: {str(exc).strip().splitlines()[0]}"
+            ) from exc
+        count = 1
+        if self._config["PERFORMANCE_HINT"] == "THROUGHPUT":
+            count = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        return compiled, [compiled.create_infer_request() for _ in range(count)]
+
+    def _requests_for(self, shape: tuple[int, ...], prepare: bool = False) -> list[Any]:
+        """The requests to run ``shape`` on: its static compilation, or the dynamic one until it has earned one.
+
+        ``prepare`` compiles the static copy now, whatever the shape has cost so far.
+        """
+        if not self.static_shapes:
+            return self._requests
+        entry = self._by_shape.get(shape)
+        if entry is not None:
+            self._by_shape.move_to_end(shape)
+            return entry[1]
+        if not prepare and self._dynamic_s.get(shape, 0.0) < self.static_after_s:
+            return self._requests
+        model = self._model.clone()
+        try:
+            model.reshape(list(shape))
+        except RuntimeError as exc:  # a shape the graph cannot take (one that breaks its size rule)
+            raise MoptError(
+                f"OpenVINO cannot run {self._path} at input shape {list(shape)}: {str(exc).strip().splitlines()[0]}"
+            ) from exc
+        entry = self._compile(model)
+        self._by_shape[shape] = entry
+        self._dynamic_s.pop(shape, None)
+        if len(self._by_shape) > self.static_shapes:
+            self._by_shape.popitem(last=False)
+        return entry[1]
+
+    def _charge(self, shape: tuple[int, ...], requests: list[Any], seconds: float) -> None:
+        """Count a call's time against ``shape`` when it ran on the dynamic compilation."""
+        if self.static_shapes and requests is self._requests:
+            self._dynamic_s[shape] = self._dynamic_s.get(shape, 0.0) + seconds
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
-        # The output tensor's buffer is reused by the next call: hand out a copy.
-        return np.array(self.request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        began = time.perf_counter()
+        streams = len(self._requests)
+        if streams == 1 or len(x) == 1:
+            requests = self._requests_for(x.shape)
+            requests[0].infer({0: x})
+            # The output tensor's buffer is reused by the next call: hand out a copy.
+            out = np.array(requests[0].get_output_tensor(0).data, dtype=np.float32, copy=True)
+            self._charge(x.shape, requests, time.perf_counter() - began)
+            return out
+        # THROUGHPUT: equal chunks (the last may be smaller) on parallel requests, one per stream.
+        size = -(-len(x) // streams)
+        chunks = [x[i : i + size] for i in range(0, len(x), size)]
+        running = []
+        for index, chunk in enumerate(chunks):
+            requests = self._requests_for(chunk.shape)
+            requests[index].start_async({0: chunk})
+            running.append((chunk.shape, requests))
+        outputs = []
+        for index, (_, requests) in enumerate(running):
+            requests[index].wait()
+            outputs.append(np.array(requests[index].get_output_tensor(0).data, dtype=np.float32, copy=True))
+        elapsed = time.perf_counter() - began
+        for shape, requests in running:
+            self._charge(shape, requests, elapsed / len(running))
+        return np.concatenate(outputs)
+
+    def time_inference(self, batch: np.ndarray, warmup: int, iterations: int) -> list[float]:
+        """Milliseconds per call in the steady state: the shapes ``batch`` runs at are compiled first."""
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        streams = len(self._requests)
+        size = len(x) if streams == 1 else -(-len(x) // streams)
+        for start in range(0, len(x), size):
+            self._requests_for(x[start : start + size].shape, prepare=True)
+        return super().time_inference(x, warmup, iterations)
 
     def close(self) -> None:
         self.request = None
+        self._requests = []
+        self._by_shape.clear()
+        self._dynamic_s.clear()
         self.compiled = None
 
 
