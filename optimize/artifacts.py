@@ -83,3 +83,30 @@ def default_onnx_models(made_from: tuple[str, str] | None = None) -> list[tuple[
         if (path := derived_path(fp32, tag)).exists():
             models.append((path, f"default: the {tag.upper()} version of {fp32}"))
     return models
+
+
+def bundled_model_onnx(engines_dir: Path | None = None, checkpoint: Path | None = None) -> Path:
+    """The bundled selfie model as ONNX, for ``mopt matte`` and ``mopt serve`` without a model: exported once.
+
+    Both run an ONNX rather than the checkpoint: ONNX Runtime and OpenVINO are several times faster than PyTorch
+    eager on this small network, and Triton serves no checkpoint. The export is redone when the checkpoint
+    changed (the ONNX records the sha256 of the checkpoint it came from).
+
+    Args:
+        engines_dir: where to export (``engines/``).
+        checkpoint: the bundled checkpoint (``checkpoints/selfie.pth`` in the package).
+    """
+    from optimize.defaults import DEFAULT_MATTE_CHECKPOINT
+    from optimize.export import onnx_from_checkpoint
+    from optimize.fileio import file_sha256
+    from optimize.onnx_model import lineage_of
+
+    checkpoint = checkpoint or DEFAULT_MATTE_CHECKPOINT
+    if not checkpoint.is_file():
+        raise MoptError(
+            f"no model given and the bundled {checkpoint} is missing; pass --onnx, --engine or --checkpoint"
+        )
+    target = (engines_dir or ENGINES_DIR) / f"{checkpoint.stem}.onnx"
+    if not target.is_file() or lineage_of(target) != file_sha256(checkpoint):
+        onnx_from_checkpoint(checkpoint, target)
+    return target

@@ -298,28 +298,6 @@ class ServedModel:
         return self.choice.backend
 
 
-def default_onnx_for_serving(engines_dir: Path | None = None) -> Path:
-    """The bundled selfie model as ONNX, for ``mopt serve`` without a model: exported to ``engines/`` once.
-
-    Triton serves an ONNX (or an engine), not a checkpoint; the export is redone when the checkpoint changed
-    (the ONNX records the sha256 of the checkpoint it came from).
-    """
-    from optimize.artifacts import ENGINES_DIR
-    from optimize.checkpoint import DEFAULT_MATTE_CHECKPOINT
-    from optimize.export import onnx_from_checkpoint
-    from optimize.fileio import file_sha256
-    from optimize.onnx_model import lineage_of
-
-    if not DEFAULT_MATTE_CHECKPOINT.is_file():
-        raise MoptError(
-            f"no model given and the bundled {DEFAULT_MATTE_CHECKPOINT} is missing; pass --onnx or --engine"
-        )
-    target = (engines_dir or ENGINES_DIR) / f"{DEFAULT_MATTE_CHECKPOINT.stem}.onnx"
-    if not target.is_file() or lineage_of(target) != file_sha256(DEFAULT_MATTE_CHECKPOINT):
-        onnx_from_checkpoint(DEFAULT_MATTE_CHECKPOINT, target)
-    return target
-
-
 def served_model_from_files(
     onnx: Path | None = None,
     engine: Path | None = None,

@@ -557,18 +557,27 @@ def test_cli_backend_option_overrides_the_choice(tiny_onnx, tmp_path):
 def test_cli_default_is_the_named_bundled_model_not_a_leftover_in_engines(
     tmp_path, monkeypatch, tiny_onnx, tiny_checkpoint
 ):
-    """A model `mopt export` left in engines/ must not silently replace the default: the default is named."""
+    """A model `mopt export` left in engines/ must not silently replace the default: the default is named.
+
+    The default is the bundled checkpoint exported to ONNX once (it runs on ONNX Runtime or OpenVINO, several
+    times faster than PyTorch), and a newer leftover in engines/ is not it.
+    """
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(matte_cli, "DEFAULT_MATTE_CHECKPOINT", tiny_checkpoint)
     os.makedirs("in")
     os.makedirs("engines")
     Image.fromarray(_pattern(40, 30, 0)).save("in/x.jpg")
-    Path("engines/tiny.onnx").write_bytes(tiny_onnx.read_bytes())
+    Path("engines/leftover.onnx").write_bytes(tiny_onnx.read_bytes())
     result = runner.invoke(matte_cli.app, ["in", "-o", "out", "--output", "alpha"])
     assert result.exit_code == 0, result.output
-    assert f"model: {tiny_checkpoint}" in result.output and "torch-cpu-fp32" in result.output
-    assert "onnxruntime" not in result.output.split("not used")[0]
+    first = result.output.splitlines()[0]
+    assert first.startswith(f"model: engines/{tiny_checkpoint.stem}.onnx (") and "default: the bundled" in first
+    assert "leftover" not in result.output and "torch-cpu" not in result.output.split("not used")[0]
     assert Path("out/x.png").is_file()
+    again = runner.invoke(matte_cli.app, ["in", "-o", "out2", "--output", "alpha"])
+    assert again.exit_code == 0 and sorted(p.name for p in Path("engines").iterdir()) == [
+        "leftover.onnx", f"{tiny_checkpoint.stem}.onnx"
+    ]  # exported once, not again
 
 
 def test_cli_names_a_missing_model_file(tmp_path):

@@ -541,13 +541,13 @@ def test_sigterm_stops_the_server_and_everything_it_started(tiny_onnx: Path, tmp
 
 
 def test_serve_without_a_model_exports_the_bundled_selfie_model_once(tmp_path):
+    from optimize.artifacts import bundled_model_onnx
     from optimize.checkpoint import DEFAULT_MATTE_CHECKPOINT
     from optimize.fileio import file_sha256
     from optimize.onnx_model import card_of_onnx, lineage_of
-    from optimize.serve import default_onnx_for_serving
 
-    path = default_onnx_for_serving(tmp_path)
+    path = bundled_model_onnx(tmp_path)
     assert path == tmp_path / "selfie.onnx" and lineage_of(path) == file_sha256(DEFAULT_MATTE_CHECKPOINT)
     assert card_of_onnx(path).arch == "mediapipe-selfie"
     stamp = path.stat().st_mtime_ns
-    assert default_onnx_for_serving(tmp_path) == path and path.stat().st_mtime_ns == stamp  # not exported again
+    assert bundled_model_onnx(tmp_path) == path and path.stat().st_mtime_ns == stamp  # not exported again

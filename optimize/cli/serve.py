@@ -92,7 +92,6 @@ def serve(
     from optimize.serve import (
         ServeOptions,
         check_ports_free,
-        default_onnx_for_serving,
         serve_model,
         served_model_from_files,
     )
@@ -113,7 +112,9 @@ def serve(
     check_ports_free(host, options.ports())  # before the model loads: a clash is reported at once
     origin = None
     if onnx is None and engine is None:
-        onnx = default_onnx_for_serving()
+        from optimize.artifacts import bundled_model_onnx
+
+        onnx = bundled_model_onnx()
         origin = "default: the bundled MediaPipe selfie segmentation model, exported"
     identity = None
     if (engine is None) != (onnx is None) and (given := engine or onnx).is_file():
