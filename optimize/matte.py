@@ -304,12 +304,14 @@ def select_backend(
     raise MoptError(f"no backend can run the model ({why}); {fix}")
 
 
-def probe_size_for(max_side: int | None) -> tuple[int, int]:
+def probe_size_for(max_side: int | None, card: ModelCard | None = None) -> tuple[int, int]:
     """The size the CPU runtimes are timed at for a run with ``max_side``: the largest bucket, a square.
 
-    Without ``--max-side`` the default side is probed (the model card, read after the choice, may lower it).
+    Without ``--max-side``, the side the run will use: the card's ``preferred_side`` when the card is known
+    before the choice (an ONNX carries it), else the default side.
     """
-    side = max(SIZE_STEP, (max_side or DEFAULT_MAX_SIDE) // SIZE_STEP * SIZE_STEP)
+    side = default_max_side(card, max_side) if card is not None else (max_side or DEFAULT_MAX_SIDE)
+    side = max(SIZE_STEP, side // SIZE_STEP * SIZE_STEP)
     return side, side
 
 

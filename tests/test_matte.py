@@ -594,3 +594,18 @@ def test_cli_ctrl_c_exits_130_with_a_hint(tmp_path, tiny_onnx, monkeypatch):
     (tmp_path / "in").mkdir()
     result = runner.invoke(matte_cli.app, [str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--onnx", str(tiny_onnx)])
     assert result.exit_code == 130 and "run the same command again" in result.output
+
+
+def test_the_probe_times_the_side_the_run_will_use(tiny_onnx):
+    # A model trained at 256 px (its card's preferred side) runs at 256 by default: timing the runtimes at 1024
+    # could pick the one that is faster only at a size the run never uses.
+    import dataclasses
+
+    from optimize.matte import probe_size_for
+    from optimize.onnx_model import card_of_onnx
+
+    card = dataclasses.replace(card_of_onnx(tiny_onnx), preferred_side=256)
+    assert probe_size_for(None, card) == (256, 256)
+    assert probe_size_for(512, card) == (512, 512)  # --max-side wins
+    assert probe_size_for(None, dataclasses.replace(card, preferred_side=None)) == (1024, 1024)
+    assert probe_size_for(None) == (1024, 1024)

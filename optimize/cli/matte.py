@@ -218,6 +218,7 @@ def matte(
     from optimize.backends import backend_spec
     from optimize.images import parse_color
     from optimize.matte import BACKEND_PREFERENCE, mattes_from_images, probe_size_for, select_backend
+    from optimize.onnx_model import card_of_onnx
 
     if background is not None and output != OutputKind.composite:
         raise MoptError(f"--background only applies to --output composite (got --output {output.value})")
@@ -237,7 +238,7 @@ def matte(
         sources,
         require_gpu=require_gpu,
         preference=(backend,) if backend else BACKEND_PREFERENCE,
-        probe_size=probe_size_for(max_side),
+        probe_size=probe_size_for(max_side, card_of_onnx(sources.onnx[0]) if sources.onnx else None),
     )
     with choice.backend:
         why = f", {choice.probe.describe()}" if choice.probe else (" (--backend)" if backend else "")

@@ -89,6 +89,7 @@ def serve(
     """Serve the model with Triton Inference Server: dynamic batching, health/ready endpoints, HTTP and gRPC."""
     from optimize.identity import model_identity
     from optimize.matte import probe_size_for
+    from optimize.onnx_model import card_of_onnx
     from optimize.serve import (
         ServeOptions,
         check_ports_free,
@@ -125,7 +126,7 @@ def serve(
         engine=engine,
         backend=backend,
         threads=threads,
-        probe_size=probe_size_for(max_side),
+        probe_size=probe_size_for(max_side, card_of_onnx(onnx) if onnx is not None and onnx.is_file() else None),
         identity=identity,
     )
     if model.choice.probe is not None:
