@@ -310,18 +310,29 @@ class _RunLedger:
     def __init__(self) -> None:
         self.deliveries: dict[int, int] = {}
         self.starts: dict[int, int] = {}
+        self.outcomes: dict[int, dict[str, Any]] = {}
         self.stopping = False
 
-    def arrive(self, key: int) -> tuple[int, int] | None:
-        """``(delivery number, earlier starts)`` of batch ``key`` reaching an actor, or None: the run is stopping."""
+    def arrive(self, key: int) -> tuple[int, int, dict[str, Any] | None] | None:
+        """``(delivery number, earlier starts, outcome)`` of batch ``key`` reaching an actor; None: the run stops.
+
+        ``outcome`` is the result of a run of this batch that already finished: Ray delivers a batch again when
+        the worker died before its result got back (or hands it to two actors), and running it again could only
+        contradict the files already written, or count deaths that were not its own.
+        """
         if self.stopping:
             return None
         self.deliveries[key] = self.deliveries.get(key, 0) + 1
-        return self.deliveries[key], self.starts.get(key, 0)
+        return self.deliveries[key], self.starts.get(key, 0), self.outcomes.get(key)
 
     def start(self, key: int) -> bool:
         """Batch ``key`` starts running now (its turn came): a death from here on is its own."""
         self.starts[key] = self.starts.get(key, 0) + 1
+        return True
+
+    def finish(self, key: int, outcome: dict[str, Any]) -> bool:
+        """Batch ``key`` has its result; the first one stands."""
+        self.outcomes.setdefault(key, outcome)
         return True
 
     def stop(self) -> bool:
@@ -425,10 +436,12 @@ class MatteActor:
         arrival = ray.get(self.ledger.arrive.remote(group["key"]))
         if arrival is None:
             return {**outcome, "attempt": None, "cancelled": paths}
-        outcome["attempt"], died_running = arrival
+        outcome["attempt"], died_running, earlier = arrival
+        if earlier is not None:  # a repeat delivery of a batch that has its result: that result, not another run
+            return {**earlier, "attempt": outcome["attempt"], "repeat": True}
         if died_running >= MAX_ATTEMPTS:
             reason = f"the Ray worker processing its batch died {MAX_ATTEMPTS} times (see the node's Ray logs)"
-            return {**outcome, "failed": [[path, reason] for path in paths]}
+            return self._finished(group["key"], {**outcome, "failed": [[path, reason] for path in paths]})
         run = _MatteRun([job.image for job in jobs], [job.output for job in jobs], self.outdir, self.backend,
                         self.settings, None)  # fmt: skip
         self.backend.take_waited_s()
@@ -443,14 +456,21 @@ class MatteActor:
             run.failed.extend(MatteFailure(path, reason) for path in paths if path not in accounted)
         run.stage["infer"] = max(0.0, run.stage["infer"] - self.backend.take_waited_s())
         failed = {failure.path: failure.reason for failure in run.failed}
-        return {
+        return self._finished(group["key"], {
             **outcome,
             "written": [path for path in paths if path not in failed],
             "failed": [[path, reason] for path, reason in failed.items()],
             "latencies": run.latencies,
             "buckets": run.buckets,
             "stage": run.stage,
-        }
+        })  # fmt: skip
+
+    def _finished(self, key: int, outcome: dict[str, Any]) -> dict[str, Any]:
+        """Record ``outcome`` as batch ``key``'s result in the ledger (a later delivery returns it) and return it."""
+        import ray
+
+        ray.get(self.ledger.finish.remote(key, outcome))
+        return outcome
 
 
 # --- the run -------------------------------------------------------------------------------------------
@@ -547,6 +567,11 @@ class _Tally:
         self.identities.setdefault(outcome["node"], outcome)
         if (outcome.get("attempt") or 1) > 1:
             self.retried.add(outcome["key"])
+        if outcome.get("repeat"):  # the result of a run already tallied, delivered again: nothing new
+            fresh = [p for p in outcome.get("written", []) + [f[0] for f in outcome.get("failed", [])]
+                     if p not in self.accounted]  # fmt: skip
+            if not fresh:
+                return
         for path in outcome.get("written", []):
             if path not in self.accounted:
                 self.accounted.add(path)
