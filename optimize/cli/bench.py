@@ -198,12 +198,17 @@ def print_bench(report: BenchReport, wide: bool = False, out: Console | None = N
         out.print(f"[dim]skipped {escape(s['backend'])}: {escape(s['reason'])}")
 
 
-def bench_card(sources: ModelSources):
-    """The card of the model bench measures (its first ONNX, else its checkpoint), or None if there is none."""
+def bench_card(sources: ModelSources, loaded=None):
+    """The card of the model bench measures (its first ONNX, else its checkpoint), or None if there is none.
+
+    ``loaded`` is the checkpoint when the caller has read it already (it is not read a second time).
+    """
     from optimize.onnx_model import card_of_onnx
 
     if sources.onnx:
         return card_of_onnx(sources.onnx[0])
+    if loaded is not None:
+        return loaded.card
     if sources.checkpoint is not None and sources.checkpoint.is_file():
         from optimize.checkpoint import load_checkpoint
 
@@ -284,7 +289,7 @@ def bench(
         threads=threads,
     )
     # The model card says which sizes the model runs at: a fixed-size model is measured at its size.
-    card = bench_card(sources)
+    card = bench_card(sources, loaded)
     if card is not None and card.size.fixed and size is None:
         sizes = [tuple(card.size.fixed)]
     for height, width in sizes if card is not None else []:
